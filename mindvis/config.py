@@ -1,0 +1,76 @@
+"""Structured configs: dataclass schemas, YAML presets and strict dotlist overrides (OmegaConf).
+
+An unknown key or a value of the wrong type is a :class:`ConfigError` that names the key.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A preset or override does not fit the config schema."""
+
+
+def _merge(base: DictConfig, other, what: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"{what}: {e.msg if hasattr(e, 'msg') else e}" + (f" (key: {key})" if key else "")) from None
+
+
+def build_config(schema: type, preset: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+                 defaults: dict | None = None) -> DictConfig:
+    """Schema defaults <- ``defaults`` (e.g. what a CLI flag implies) <- YAML ``preset`` <- ``overrides``.
+
+    ``overrides`` are ``key.sub=value`` strings. The result is in struct mode: no new keys.
+    """
+    cfg = OmegaConf.structured(schema)
+    if defaults:
+        cfg = _merge(cfg, OmegaConf.create(defaults), "defaults")
+    if preset:
+        path = Path(preset)
+        if not path.is_file():
+            raise ConfigError(f"config preset not found: {path}")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as e:  # noqa: BLE001 - YAML syntax errors come in many types
+            raise ConfigError(f"{path}: not a valid YAML config ({e})") from None
+        cfg = _merge(cfg, loaded, str(path))
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad}")
+    if overrides:
+        try:
+            dot = OmegaConf.from_dotlist(list(overrides))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"cannot parse overrides {list(overrides)}: {e}") from None
+        cfg = _merge(cfg, dot, "command-line override")
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain Python data (for JSON, checkpoints, trackers)."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def to_object(cfg: DictConfig):
+    """The config as instances of its dataclasses."""
+    return OmegaConf.to_object(cfg)
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    from .utils.io import atomic_write_text
+
+    atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def load_saved_config(schema: type, path: str | os.PathLike) -> DictConfig:
+    """Re-read a config that mindvis saved (strict: it must still fit the schema)."""
+    return build_config(schema, preset=path)

@@ -1,0 +1,1 @@
+"""Datasets: fMRI preprocessing, the HCP/GOD loaders and the synthetic world."""

@@ -1,0 +1,80 @@
+"""GOD (Kamitani Generic Object Decoding) fMRI in the MinD-Vis release layout.
+
+``<root>/sbj_N.npz`` holds ``arr_0`` (train trials, voxels), ``arr_1`` (test trials, voxels),
+``arr_2`` (test averaged over repetitions, voxels), ``arr_3`` (train trial -> image index) and
+boolean ROI masks over the voxel columns (``V1`` ... ``VC``).
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .fmri import DataError, check_finite, normalize, pad_to_patch_size
+
+GOD_SUBJECTS = ("sbj_1", "sbj_2", "sbj_3", "sbj_4", "sbj_5")
+
+
+@dataclass
+class GODSubjectFMRI:
+    """One subject's ROI voxels, unnormalised and unpadded."""
+
+    subject: str
+    train: np.ndarray  # (N_train, V)
+    test_avg: np.ndarray  # (N_test, V)
+    test_trials: np.ndarray  # (N_test * repeats, V)
+    train_image_index: np.ndarray  # (N_train,)
+
+
+def load_god_subject(root: str | os.PathLike, subject: str, roi: str = "VC") -> GODSubjectFMRI:
+    path = Path(root) / f"{subject}.npz"
+    if not Path(root).is_dir():
+        raise DataError(f"GOD data folder not found: {root}")
+    if not path.is_file():
+        have = sorted(p.stem for p in Path(root).glob("sbj_*.npz"))
+        raise DataError(f"GOD subject file not found: {path} (subjects present: {have})")
+    try:
+        with np.load(path) as npz:
+            need = ["arr_0", "arr_1", "arr_2", "arr_3", roi]
+            missing = [k for k in need if k not in npz.files]
+            if missing:
+                raise DataError(f"{path}: missing key(s) {missing}; the file has {sorted(npz.files)}")
+            mask = np.asarray(npz[roi])
+            arrays = {k: np.asarray(npz[k]) for k in need[:4]}
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{path}: not a readable npz file ({e})") from e
+    if mask.dtype != bool or mask.ndim != 1:
+        raise DataError(f"{path}: ROI {roi!r} must be a 1-D boolean mask, got {mask.dtype} {mask.shape}")
+    for k in ("arr_0", "arr_1", "arr_2"):
+        a = arrays[k]
+        if a.ndim != 2 or a.shape[1] != mask.shape[0]:
+            raise DataError(f"{path}: {k} has shape {a.shape}, expected (trials, {mask.shape[0]}) to match the ROI masks")
+    if len(arrays["arr_3"]) != len(arrays["arr_0"]):
+        raise DataError(f"{path}: arr_3 has {len(arrays['arr_3'])} image indices for {len(arrays['arr_0'])} train trials")
+    if not mask.any():
+        raise DataError(f"{path}: ROI {roi!r} selects no voxels")
+    out = {k: arrays[k][:, mask].astype(np.float32) for k in ("arr_0", "arr_1", "arr_2")}
+    for k, a in out.items():
+        check_finite(a, f"{path} {k} ({roi})")
+    return GODSubjectFMRI(subject, out["arr_0"], out["arr_2"], out["arr_1"], arrays["arr_3"].astype(np.int64))
+
+
+def god_fmri(root, subjects=("sbj_3",), roi: str = "VC", patch_size: int = 16, pad_mode: str = "exact",
+             include_test: bool = False, include_test_trials: bool = False) -> list[np.ndarray]:
+    """Normalised, padded fMRI per subject, for masked modeling: train trials and, optionally, the
+    averaged test fMRI and the single test trials, all z-scored with the training statistics of the
+    real voxels before wrap-padding."""
+    out = []
+    for s in subjects:
+        d = load_god_subject(root, s, roi)
+        train, mean, std = normalize(d.train)
+        parts = [train]
+        if include_test:
+            parts.append(normalize(d.test_avg, mean, std)[0])
+        if include_test_trials:
+            parts.append(normalize(d.test_trials, mean, std)[0])
+        out.append(pad_to_patch_size(np.concatenate(parts), patch_size, pad_mode))
+    return out

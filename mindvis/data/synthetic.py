@@ -1,0 +1,519 @@
+"""A synthetic brain world: images, a visual-cortex encoding model, and the files of HCP, GOD and BOLD5000.
+
+The model, in short:
+
+* **Images** belong to classes. A class is a set of attributes: a shape (disc, square, triangle,
+  ring, cross, bar), a foreground and a background colour, a grating orientation and spatial
+  frequency, a size and a preferred position. An image of a class jitters position, size, colours,
+  orientation and grating phase and adds pixel noise.
+* **Features**: each image is summarised on a ``grid`` x ``grid`` map of low-level features:
+  luminance, red-green and blue-yellow opponency, oriented energy at 0/45/90/135 degrees, and local
+  contrast.
+* **Voxels** live on a cortical sheet per area (V1, V2, V3, V4 and, for task subjects, LOC, FFA,
+  PPA). Consecutive voxels have neighbouring receptive-field centres (a Hilbert curve over the
+  visual field); receptive fields are Gaussian and grow from V1 to the higher areas and with
+  eccentricity. Each voxel weights the RF-pooled features by a tuning vector that varies smoothly
+  along the sheet, so neighbouring voxels are correlated. Higher areas add a category component: a
+  fixed nonlinear embedding of the class attributes (invariant to the instance jitter) read out by
+  smoothly varying voxel loadings; its weight grows from V1 (none) to PPA.
+* **Measurement**: each voxel's signal is scaled to unit variance and noise at signal-to-noise
+  ratio ``snr`` (variance ratio) is added, part of it smooth along the sheet.
+* **Resting state** (HCP): spontaneous activity drives the same encoding model with spatially
+  smooth random feature maps and a random category vector that evolve as AR(1) processes (time
+  constant ``rest_tau_s``), plus temporally autocorrelated noise and a global signal; TR 0.72 s.
+
+All subjects draw their voxels from this one process (HCP subjects share a template and differ by
+``subject_variability``), so what a model learns from the resting state transfers in kind, not
+voxel by voxel, to the task subjects. Everything is seeded and deterministic.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..utils.io import atomic_dir
+
+HCP_AREAS = ("V1", "V2", "V3", "V4")
+TASK_AREAS = ("V1", "V2", "V3", "V4", "LOC", "FFA", "PPA")
+BOLD5000_ROIS = ("EarlyVis", "LOC", "OPA", "PPA", "RSC")
+SHAPES = ("disc", "square", "triangle", "ring", "cross", "bar")
+N_FEATURES = 8
+TR_SECONDS = 0.72
+
+# receptive-field size (fraction of the image width) and category weight per area
+_RF_SIZE = {"V1": 0.04, "V2": 0.07, "V3": 0.10, "V4": 0.15, "LOC": 0.25, "FFA": 0.3, "PPA": 0.35,
+            "EarlyVis": 0.06, "OPA": 0.25, "RSC": 0.35}
+_CATEGORY_WEIGHT = {"V1": 0.0, "V2": 0.1, "V3": 0.25, "V4": 0.45, "LOC": 0.65, "FFA": 0.75, "PPA": 0.75,
+                    "EarlyVis": 0.05, "OPA": 0.6, "RSC": 0.7}
+
+
+@dataclass
+class SyntheticWorldConfig:
+    """Size and noise of the synthetic world. The defaults run in seconds on two cores."""
+
+    seed: int = 0
+    image_size: int = 256
+    grid: int = 32
+    n_train_classes: int = 50
+    images_per_class: int = 8
+    n_test_classes: int = 50
+    category_dim: int = 16
+    # HCP-like resting state
+    hcp_subjects: int = 12
+    hcp_frames: int = 1200
+    hcp_voxels: list[int] = field(default_factory=lambda: [320, 256, 192, 128])  # V1..V4
+    rest_tau_s: float = 4.0
+    # GOD-like task subjects
+    god_subjects: int = 1
+    god_voxels: list[int] = field(default_factory=lambda: [300, 240, 180, 120, 100, 60, 60])  # TASK_AREAS
+    god_other_voxels: int = 40
+    test_repeats: int = 5
+    # BOLD5000-like subjects
+    bold5000_subjects: int = 1
+    bold5000_train_images: int = 300
+    bold5000_test_images: int = 30
+    bold5000_test_repeats: int = 4
+    bold5000_voxels: list[int] = field(default_factory=lambda: [200, 120, 60, 60, 40])  # BOLD5000_ROIS per hemisphere
+    # measurement
+    snr: float = 1.0
+    subject_variability: float = 0.3
+
+    def fingerprint(self) -> str:
+        """A short hash of the settings, naming the cache folder of this world."""
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------- images
+def class_attributes(n_classes: int, rng: np.random.Generator) -> list[dict]:
+    """Attributes of ``n_classes`` classes: shapes cycle, hues follow the golden ratio, the rest is random."""
+    out = []
+    for c in range(n_classes):
+        hue = (0.618034 * c + rng.uniform(0, 0.05)) % 1.0
+        out.append(dict(
+            shape=int(c % len(SHAPES)),
+            fg_hue=float(hue),
+            fg_value=float(rng.uniform(0.6, 1.0)),
+            bg_hue=float((hue + rng.uniform(0.25, 0.75)) % 1.0),
+            bg_value=float(rng.uniform(0.1, 0.5)),
+            orientation=float(rng.uniform(0, np.pi)),
+            frequency=float(rng.choice([3.0, 6.0, 10.0])),
+            size=float(rng.uniform(0.2, 0.35)),
+            cx=float(rng.uniform(0.35, 0.65)),
+            cy=float(rng.uniform(0.35, 0.65)),
+        ))
+    return out
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+    k = (np.array([5.0, 3.0, 1.0]) + h * 6) % 6
+    return v - v * s * np.clip(np.minimum(k, 4 - k), 0, 1)
+
+
+def _shape_mask(shape: int, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
+    name = SHAPES[shape]
+    d = np.sqrt(u**2 + v**2)
+    if name == "disc":
+        return d < r
+    if name == "square":
+        return (np.abs(u) < r * 0.85) & (np.abs(v) < r * 0.85)
+    if name == "triangle":
+        return (v < r * 0.7) & (v > -r + 1.7 * np.abs(u))
+    if name == "ring":
+        return (d < r) & (d > r * 0.55)
+    if name == "cross":
+        return ((np.abs(u) < r * 0.3) | (np.abs(v) < r * 0.3)) & (np.abs(u) < r) & (np.abs(v) < r)
+    return (np.abs(u) < r * 1.1) & (np.abs(v) < r * 0.35)  # bar
+
+
+def render_image(attrs: dict, rng: np.random.Generator, size: int = 256) -> np.ndarray:
+    """One jittered instance of a class: (size, size, 3) uint8."""
+    yy, xx = (np.mgrid[0:size, 0:size] + 0.5) / size
+    cx = attrs["cx"] + rng.normal(0, 0.06)
+    cy = attrs["cy"] + rng.normal(0, 0.06)
+    r = attrs["size"] * rng.uniform(0.85, 1.15)
+    theta = attrs["orientation"] + rng.normal(0, 0.12)
+    # the shape turns with the grating, so orientation is a property of the whole object
+    u0, v0 = xx - cx, yy - cy
+    u = np.cos(theta) * u0 + np.sin(theta) * v0
+    v = -np.sin(theta) * u0 + np.cos(theta) * v0
+    mask = _shape_mask(attrs["shape"], u, v, r)
+    grating = np.sin(2 * np.pi * attrs["frequency"] * u / (2 * r) * 2 + rng.uniform(0, 2 * np.pi))
+    fg = _hsv_to_rgb((attrs["fg_hue"] + rng.normal(0, 0.02)) % 1, 0.8, attrs["fg_value"])
+    bg = _hsv_to_rgb((attrs["bg_hue"] + rng.normal(0, 0.02)) % 1, 0.5, attrs["bg_value"])
+    shade = 1.0 + 0.15 * (yy - 0.5) * rng.normal()
+    img = bg[None, None, :] * shade[..., None]
+    img = np.where(mask[..., None], fg[None, None, :] * (0.75 + 0.25 * grating[..., None]), img)
+    img = img + rng.normal(0, 0.02, img.shape)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+def image_features(images: np.ndarray, grid: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, grid*grid, 8) low-level feature maps (see module docstring)."""
+    x = images.astype(np.float32) / 255.0
+    n, h, w, _ = x.shape
+    x = x.reshape(n, grid, h // grid, grid, w // grid, 3).mean(axis=(2, 4))  # (N, G, G, 3)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    lum = (r + g + b) / 3
+    rg = r - g
+    by = b - (r + g) / 2
+    gy, gx = np.gradient(lum, axis=(1, 2))
+    energies = [np.abs(np.cos(a) * gx + np.sin(a) * gy) for a in (0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)]
+    contrast = np.abs(lum - lum.mean(axis=(1, 2), keepdims=True))
+    feats = np.stack([lum, rg, by, *energies, contrast], axis=-1)  # (N, G, G, 8)
+    return feats.reshape(n, grid * grid, N_FEATURES)
+
+
+def category_embedding(attrs: list[dict], dim: int, seed: int) -> np.ndarray:
+    """(n_classes, dim) fixed nonlinear embedding of class attributes: the 'semantic' signal."""
+    rng = np.random.default_rng(seed + 7919)
+    a = np.array([[*np.eye(len(SHAPES))[c["shape"]], np.cos(2 * np.pi * c["fg_hue"]), np.sin(2 * np.pi * c["fg_hue"]),
+                   c["fg_value"], np.cos(2 * c["orientation"]), np.sin(2 * c["orientation"]), c["frequency"] / 10,
+                   c["size"] * 3, c["bg_value"]] for c in attrs])
+    w1 = rng.normal(0, 1, (a.shape[1], 64))
+    w2 = rng.normal(0, 1 / 8, (64, dim))
+    e = np.tanh(a @ w1) @ w2
+    return (e - e.mean(0)) / (e.std(0) + 1e-8)
+
+
+# ---------------------------------------------------------------------------------------- brains
+def _smooth_along(x: np.ndarray, width: float) -> np.ndarray:
+    """Gaussian smoothing of (V, ...) along the voxel axis (the cortical sheet), variance-preserving
+    for white input; edges are renormalised."""
+    idx = np.arange(x.shape[0])
+    k = np.exp(-0.5 * ((idx[:, None] - idx[None, :]) / width) ** 2)
+    k[np.abs(idx[:, None] - idx[None, :]) > 3 * width] = 0
+    k /= np.sqrt((k**2).sum(1, keepdims=True))
+    return (k @ x.reshape(x.shape[0], -1)).reshape(x.shape)
+
+
+def _hilbert_d2xy(order: int, d: np.ndarray) -> np.ndarray:
+    """Points (x, y) in [0, 2**order)^2 at distances ``d`` along the Hilbert curve."""
+    x = np.zeros_like(d)
+    y = np.zeros_like(d)
+    t = d.copy()
+    s = 1
+    while s < 2**order:
+        rx = 1 & (t // 2)
+        ry = 1 & (t ^ rx)
+        flip = (ry == 0) & (rx == 1)
+        x = np.where(flip, s - 1 - x, x)
+        y = np.where(flip, s - 1 - y, y)
+        x, y = np.where(ry == 0, y, x), np.where(ry == 0, x, y)
+        x, y = x + s * rx, y + s * ry
+        t //= 4
+        s *= 2
+    return np.stack([x, y], axis=1)
+
+
+def _sheet_centres(n: int, rng: np.random.Generator, jitter: float) -> np.ndarray:
+    """(n, 2) RF centres in [0, 1]^2 spread evenly along a Hilbert curve over the visual field, so that
+    consecutive voxels (and so every patch of them) cover a compact piece of the field."""
+    order = max(1, int(np.ceil(np.log2(np.sqrt(n)))))
+    side = 2**order
+    d = np.floor(np.arange(n) * (side * side) / n).astype(np.int64)
+    pts = (_hilbert_d2xy(order, d) + 0.5) / side + rng.normal(0, jitter, (n, 2))
+    return np.clip(pts, 0.02, 0.98)
+
+
+@dataclass
+class Brain:
+    """The encoding model of one subject: per voxel an RF, a feature tuning, a category loading."""
+
+    areas: list[str]
+    area_sizes: list[int]
+    rf: np.ndarray  # (V, G*G) receptive fields, rows sum to 1
+    tuning: np.ndarray  # (V, 8)
+    loading: np.ndarray  # (V, K) category loadings, already weighted per area
+    feature_weight: np.ndarray  # (V,) weight of the feature path
+    noise_mix: np.ndarray  # (V,) fraction of noise that is smooth along the sheet
+    scale: np.ndarray | None = None  # (V, 2) mean and std of the signal, set by calibrate()
+
+    @property
+    def n_voxels(self) -> int:
+        return self.rf.shape[0]
+
+    def roi_slices(self) -> dict[str, slice]:
+        out, start = {}, 0
+        for a, n in zip(self.areas, self.area_sizes):
+            out[a] = slice(start, start + n)
+            start += n
+        return out
+
+    def signal(self, feats: np.ndarray, categories: np.ndarray) -> np.ndarray:
+        """Noise-free responses (N, V) to features (N, G*G, 8) and category vectors (N, K)."""
+        n = feats.shape[0]
+        pooled = (self.rf @ feats.transpose(1, 0, 2).reshape(self.rf.shape[1], -1)).reshape(-1, n, N_FEATURES)
+        feat_path = np.einsum("vnf,vf->nv", pooled, self.tuning)
+        s = self.feature_weight * feat_path + categories @ self.loading.T
+        if self.scale is not None:
+            s = (s - self.scale[:, 0]) / self.scale[:, 1]
+        return s.astype(np.float32)
+
+    def calibrate(self, feats: np.ndarray, categories: np.ndarray) -> None:
+        """Fix each voxel's signal mean and scale on reference stimuli so that signal variance is 1."""
+        self.scale = None
+        s = self.signal(feats, categories)
+        self.scale = np.stack([s.mean(0), s.std(0) + 1e-6], axis=1)
+
+    def noise(self, n: int, snr: float, rng: np.random.Generator) -> np.ndarray:
+        """(n, V) measurement noise with variance 1/snr, partly smooth along the sheet."""
+        white = rng.normal(0, 1, (n, self.n_voxels))
+        smooth = _smooth_along(rng.normal(0, 1, (self.n_voxels, n)), 3.0).T
+        mix = self.noise_mix
+        return ((np.sqrt(1 - mix) * white + np.sqrt(mix) * smooth) / np.sqrt(snr)).astype(np.float32)
+
+
+def make_brain(areas, sizes, grid: int, category_dim: int, rng: np.random.Generator,
+               template: Brain | None = None, variability: float = 0.3) -> Brain:
+    """Draw a subject's encoding model; with ``template``, perturb that one (HCP subjects share one)."""
+    yy, xx = (np.mgrid[0:grid, 0:grid] + 0.5) / grid
+    cells = np.stack([xx.ravel(), yy.ravel()], axis=1)  # (G*G, 2)
+    rfs, tunings, loadings, fweights = [], [], [], []
+    for area, n in zip(areas, sizes):
+        centres = _sheet_centres(n, rng, jitter=0.01)
+        ecc = np.linalg.norm(centres - 0.5, axis=1)
+        sigma = _RF_SIZE[area] * (1 + 1.5 * ecc) * rng.uniform(0.9, 1.1, n)
+        d2 = ((centres[:, None, :] - cells[None, :, :]) ** 2).sum(-1)
+        rf = np.exp(-0.5 * d2 / sigma[:, None] ** 2)
+        rfs.append(rf / rf.sum(1, keepdims=True))
+        tunings.append(_smooth_along(rng.normal(0, 1, (n, N_FEATURES)), 8.0))
+        loadings.append(_smooth_along(rng.normal(0, 1, (n, category_dim)), 8.0) / np.sqrt(category_dim))
+        cw = _CATEGORY_WEIGHT[area]
+        loadings[-1] *= cw
+        fweights.append(np.full(n, 1.0 - cw))
+    rf, tuning, loading = np.concatenate(rfs), np.concatenate(tunings), np.concatenate(loadings)
+    if template is not None:
+        rf = template.rf
+        tuning = np.sqrt(1 - variability**2) * template.tuning + variability * tuning
+        loading = np.sqrt(1 - variability**2) * template.loading + variability * loading
+    noise_mix = rng.uniform(0.3, 0.6, rf.shape[0])
+    return Brain(list(areas), list(sizes), rf, tuning, loading, np.concatenate(fweights), noise_mix)
+
+
+def _smooth_field(shape, grid: int, width: float, rng: np.random.Generator) -> np.ndarray:
+    """Spatially smooth unit-variance Gaussian fields of shape (*shape, grid, grid) via FFT."""
+    fy, fx = np.fft.fftfreq(grid), np.fft.rfftfreq(grid)
+    filt = np.exp(-2 * (np.pi * width) ** 2 * (fy[:, None] ** 2 + fx[None, :] ** 2)).astype(np.float32)
+    w = rng.standard_normal((*shape, grid, grid), dtype=np.float32)
+    out = np.fft.irfft2(np.fft.rfft2(w) * filt, s=(grid, grid))
+    return out / (out.std() + 1e-8)
+
+
+def resting_state(brain: Brain, frames: int, cfg: SyntheticWorldConfig, rng: np.random.Generator,
+                  feat_stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(frames, V) float32 resting-state time series of one subject (see module docstring)."""
+    phi = np.exp(-TR_SECONDS / cfg.rest_tau_s)
+    g = cfg.grid
+    innov = _smooth_field((frames, N_FEATURES), g, width=4.0, rng=rng)  # (T, F, G, G)
+    cat_innov = rng.normal(0, 1, (frames, cfg.category_dim))
+    noise = brain.noise(frames, cfg.snr, rng)
+    feats = np.empty_like(innov)
+    cats = np.empty_like(cat_innov)
+    feats[0], cats[0], scale = innov[0], cat_innov[0], np.sqrt(1 - phi**2)
+    for t in range(1, frames):  # AR(1), stationary unit variance
+        feats[t] = phi * feats[t - 1] + scale * innov[t]
+        cats[t] = phi * cats[t - 1] + scale * cat_innov[t]
+    mean, std = feat_stats
+    feats = feats.transpose(0, 2, 3, 1).reshape(frames, g * g, N_FEATURES) * std + mean
+    # measurement noise is white in time; a slow global signal is shared by all voxels
+    glob = np.convolve(rng.normal(0, 0.5, frames + 20), np.ones(20) / np.sqrt(20), mode="valid")[:frames]
+    return (brain.signal(feats, cats) + noise + glob[:, None]).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------- world
+class SyntheticWorld:
+    """Generates the synthetic images and subjects and writes them in the real releases' layouts."""
+
+    def __init__(self, config: SyntheticWorldConfig | None = None):
+        self.cfg = config or SyntheticWorldConfig()
+        c = self.cfg
+        if c.image_size % c.grid:
+            raise ValueError(f"image_size ({c.image_size}) must be a multiple of grid ({c.grid})")
+        if len(c.hcp_voxels) != len(HCP_AREAS) or len(c.god_voxels) != len(TASK_AREAS):
+            raise ValueError(f"hcp_voxels needs {len(HCP_AREAS)} sizes and god_voxels {len(TASK_AREAS)}")
+        rng = np.random.default_rng(c.seed)
+        self.n_classes = c.n_train_classes + c.n_test_classes
+        self.classes = class_attributes(self.n_classes, rng)
+        self.embedding = category_embedding(self.classes, c.category_dim, c.seed)
+
+    # -- images
+    def render(self, class_ids, stream: int) -> np.ndarray:
+        """Images of the given classes; ``stream`` selects an independent, reproducible instance stream."""
+        rng = np.random.default_rng([self.cfg.seed, 1, stream])
+        return np.stack([render_image(self.classes[int(c)], rng, self.cfg.image_size) for c in class_ids])
+
+    def god_stimuli(self):
+        """GOD-like stimuli: train images (n_train_classes x images_per_class) and one test image per
+        test class; test classes are disjoint from train classes, as in GOD."""
+        c = self.cfg
+        train_cls = np.repeat(np.arange(c.n_train_classes), c.images_per_class)
+        test_cls = c.n_train_classes + np.arange(c.n_test_classes)
+        return self.render(train_cls, 0), train_cls, self.render(test_cls, 1), test_cls
+
+    def wnid(self, class_id: int) -> str:
+        return f"n{90000000 + int(class_id):08d}"
+
+    def _feature_stats(self, feats: np.ndarray):
+        return feats.mean(axis=(0, 1)), feats.std(axis=(0, 1)) + 1e-6
+
+    def _stimulus_features(self, images, class_ids):
+        return image_features(images, self.cfg.grid), self.embedding[np.asarray(class_ids)]
+
+    # -- writers
+    def write_hcp(self, root: str | os.PathLike) -> Path:
+        """``root/<subject>/HCP_visual_voxel.npz`` with V1..V4 as (frames, voxels) float32."""
+        c = self.cfg
+        rng = np.random.default_rng([c.seed, 2])
+        ref_imgs, _, _, _ = self.god_stimuli()
+        ref_cls = np.repeat(np.arange(c.n_train_classes), c.images_per_class)
+        feats, cats = self._stimulus_features(ref_imgs, ref_cls)
+        stats = self._feature_stats(feats)
+        template = make_brain(HCP_AREAS, c.hcp_voxels, c.grid, c.category_dim, rng)
+
+        def fill(tmp: Path):
+            for s in range(c.hcp_subjects):
+                srng = np.random.default_rng([c.seed, 3, s])
+                brain = make_brain(HCP_AREAS, c.hcp_voxels, c.grid, c.category_dim, srng, template,
+                                   c.subject_variability)
+                brain.calibrate(feats, cats)
+                ts = resting_state(brain, c.hcp_frames, c, srng, stats)
+                sub = tmp / f"{100206 + s}"
+                sub.mkdir()
+                np.savez(sub / "HCP_visual_voxel.npz", **{a: ts[:, sl] for a, sl in brain.roi_slices().items()})
+            _write_meta(tmp, "hcp", c)
+
+        return atomic_dir(root, fill)
+
+    def _task_brain(self, areas, sizes, stream: int, feats, cats) -> Brain:
+        rng = np.random.default_rng([self.cfg.seed, 4, stream])
+        brain = make_brain(areas, sizes, self.cfg.grid, self.cfg.category_dim, rng)
+        brain.calibrate(feats, cats)
+        return brain
+
+    def _responses(self, brain: Brain, feats, cats, rng) -> np.ndarray:
+        return brain.signal(feats, cats) + brain.noise(len(feats), self.cfg.snr, rng)
+
+    def write_god(self, root: str | os.PathLike) -> Path:
+        """The MinD-Vis GOD layout: ``sbj_N.npz``, ``images_256.npz``, class index and label csv files."""
+        c = self.cfg
+        train_imgs, train_cls, test_imgs, test_cls = self.god_stimuli()
+        f_tr, e_tr = self._stimulus_features(train_imgs, train_cls)
+        f_te, e_te = self._stimulus_features(test_imgs, test_cls)
+
+        def fill(tmp: Path):
+            np.savez(tmp / "images_256.npz", train_images=train_imgs, test_images=test_imgs)
+            index = {str(k): [self.wnid(k), f"synthetic_{SHAPES[a['shape']]}_{k}"] for k, a in enumerate(self.classes)}
+            (tmp / "imagenet_class_index.json").write_text(json.dumps(index, indent=1))
+            for name, cls in (("imagenet_training_label.csv", train_cls), ("imagenet_testing_label.csv", test_cls)):
+                with open(tmp / name, "w", newline="") as f:
+                    w = csv.writer(f)
+                    for i, k in enumerate(cls):
+                        w.writerow([f"{90000000 + int(k)}.{i:06d}", f"{self.wnid(k)}_{i}.JPEG"])
+            for s in range(c.god_subjects):
+                brain = self._task_brain(TASK_AREAS, c.god_voxels, s, f_tr, e_tr)
+                rng = np.random.default_rng([c.seed, 5, s])
+                order = rng.permutation(len(train_imgs))  # presentation order of the training images
+                train = self._responses(brain, f_tr[order], e_tr[order], rng)
+                reps = np.concatenate([self._responses(brain, f_te, e_te, rng) for _ in range(c.test_repeats)])
+                avg = reps.reshape(c.test_repeats, len(test_imgs), -1).mean(0)
+                other = c.god_other_voxels  # non-visual voxels: noise only, outside every ROI
+                pad = lambda a: np.concatenate([a, rng.normal(0, 1, (len(a), other)).astype(np.float32)], 1)
+                masks = _roi_masks(brain, other)
+                np.savez(tmp / f"sbj_{s + 1}.npz", arr_0=pad(train), arr_1=pad(reps), arr_2=pad(avg),
+                         arr_3=order, **masks)
+            _write_meta(tmp, "god", c)
+
+        return atomic_dir(root, fill)
+
+    def write_bold5000(self, root: str | os.PathLike) -> Path:
+        """The BOLD5000 GLMsingle ROI-betas layout with stimulus lists and an image dictionary."""
+        c = self.cfg
+        rng = np.random.default_rng([c.seed, 6])
+        n_img = c.bold5000_train_images + c.bold5000_test_images
+        cls = rng.integers(0, self.n_classes, n_img)
+        imgs = self.render(cls, 2)
+        names = [f"synthetic_{i:05d}.jpg" for i in range(n_img)]
+        test_names = names[c.bold5000_train_images:]
+        feats, cats = self._stimulus_features(imgs, cls)
+        areas = [f"{h}{r}" for h in ("LH", "RH") for r in BOLD5000_ROIS]
+
+        def fill(tmp: Path):
+            stim = tmp / "BOLD5000_Stimuli" / "Scene_Stimuli"
+            (stim / "Presented_Stimuli").mkdir(parents=True)
+            np.save(stim / "Presented_Stimuli" / "img_dict.npy", dict(zip(names, imgs)), allow_pickle=True)
+            (stim / "repeated_stimuli_113_list.txt").write_text("\n".join(test_names) + "\n")
+            betas = tmp / "BOLD5000_GLMsingle_ROI_betas" / "py"
+            betas.mkdir(parents=True)
+            for s in range(c.bold5000_subjects):
+                sub = f"CSI{s + 1}"
+                srng = np.random.default_rng([c.seed, 7, s])
+                brain = self._task_brain([a[2:] for a in areas], c.bold5000_voxels * 2, 100 + s, feats, cats)
+                trials = list(range(c.bold5000_train_images)) + \
+                    [i for i in range(c.bold5000_train_images, n_img) for _ in range(c.bold5000_test_repeats)]
+                trials = list(srng.permutation(trials))
+                resp = self._responses(brain, feats[trials], cats[trials], srng)
+                for area, sl in zip(areas, brain.roi_slices().values()):
+                    np.save(betas / f"{sub}_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_allses_{area}.npy", resp[:, sl])
+                seen, lists = set(), tmp / "BOLD5000_Stimuli" / "Stimuli_Presentation_Lists" / sub
+                per_run = 37
+                for r, start in enumerate(range(0, len(trials), per_run)):
+                    run_names = []
+                    for i in trials[start:start + per_run]:
+                        run_names.append(("rep_" if names[i] in seen else "") + names[i])
+                        seen.add(names[i])
+                    sess = lists / f"{sub}_sess{r // 10 + 1:02d}"
+                    sess.mkdir(parents=True, exist_ok=True)
+                    (sess / f"{sub}_sess{r // 10 + 1:02d}_run{r % 10 + 1:02d}.txt").write_text("\n".join(run_names) + "\n")
+            _write_meta(tmp, "bold5000", c)
+
+        return atomic_dir(root, fill)
+
+    def write(self, root: str | os.PathLike, parts=("hcp", "god", "bold5000")) -> Path:
+        """Write the chosen parts under ``root`` as ``HCP/``, ``GOD/`` and ``BOLD5000/``."""
+        root = Path(root)
+        writers = {"hcp": (self.write_hcp, "HCP"), "god": (self.write_god, "GOD"),
+                   "bold5000": (self.write_bold5000, "BOLD5000")}
+        for p in parts:
+            if p not in writers:
+                raise ValueError(f"unknown part {p!r}; choose from {sorted(writers)}")
+            fn, sub = writers[p]
+            if not (root / sub / "meta.json").exists():
+                fn(root / sub)
+        return root
+
+
+def _roi_masks(brain: Brain, other: int) -> dict[str, np.ndarray]:
+    n = brain.n_voxels + other
+    masks = {}
+    for area, sl in brain.roi_slices().items():
+        m = np.zeros(n, bool)
+        m[sl] = True
+        masks[area] = m
+    masks["LVC"] = masks["V1"] | masks["V2"] | masks["V3"]
+    masks["HVC"] = masks["LOC"] | masks["FFA"] | masks["PPA"]
+    masks["VC"] = masks["LVC"] | masks["V4"] | masks["HVC"]
+    return masks
+
+
+def _write_meta(folder: Path, part: str, cfg: SyntheticWorldConfig) -> None:
+    meta = {"generator": "mindvis.data.synthetic", "part": part, "config": asdict(cfg),
+            "fingerprint": cfg.fingerprint()}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MINDVIS_CACHE", Path.home() / ".cache" / "mindvis"))
+
+
+def ensure_world(cfg: SyntheticWorldConfig | None = None, parts=("hcp", "god", "bold5000"),
+                 cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cached world for ``cfg`` (generated on first use); returns its root folder."""
+    cfg = cfg or SyntheticWorldConfig()
+    root = Path(cache_dir or default_cache_dir()) / "synthetic" / cfg.fingerprint()
+    return SyntheticWorld(cfg).write(root, parts)

@@ -1,0 +1,77 @@
+"""Settings of stage A (SC-MBM pretraining and stage-A2 tuning). Defaults are the paper's."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from mindvis.data.synthetic import SyntheticWorldConfig
+
+DATA_SOURCES = ("hcp", "god", "synthetic", "synthetic-god")
+
+
+@dataclass
+class ModelConfig:
+    """SC-MBM architecture (the voxel count comes from the data). Defaults: the paper's model."""
+
+    patch_size: int = 16
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    mlp_ratio: float = 1.0
+    mask_ratio: float = 0.75
+
+
+@dataclass
+class DataConfig:
+    """Where the fMRI comes from and how it is prepared."""
+
+    source: str = "hcp"  # hcp | god | synthetic (HCP-like rest) | synthetic-god (GOD-like task fMRI)
+    path: str = ""  # dataset folder; empty for the synthetic sources (generated into the cache)
+    roi: str = "VC"  # HCP: VC (= V1..V4) or one of V1..V4; GOD: any ROI mask in sbj_N.npz
+    subjects: List[str] = field(default_factory=list)  # empty: all HCP subjects / GOD_SUBJECTS
+    max_subjects: Optional[int] = None
+    window_frames: int = 10  # HCP frames averaged into one sample: original code 10 (7.2 s), paper text 12
+    pad_mode: str = "exact"  # exact | original (adds a whole patch when V divides; released checkpoints)
+    aug_times: int = 1  # interpolation augmentation: (aug_times - 1) x extra midpoints of random pairs
+    zero_voxels: float = 0.0  # fraction of voxels zeroed per sample (the original's intended 0.2 was a no-op)
+    include_god: bool = False  # stage A1: add GOD training fMRI to HCP (the original's include_kam)
+    god_path: str = ""
+    god_subjects: List[str] = field(default_factory=lambda: ["sbj_1", "sbj_2", "sbj_3", "sbj_4", "sbj_5"])
+    god_include_test: bool = False  # stage A2: also tune on the (unlabelled) averaged test fMRI, as the original
+    holdout_subjects: int = 1  # HCP: last subjects held out for the summary (when there are more)
+    holdout_fraction: float = 0.1  # otherwise: fraction of samples held out
+    fit_to_init: bool = False  # with --init: wrap-pad / truncate data to the checkpoint's voxel count
+    cache_dir: str = ""  # prepared arrays and the synthetic world; default $MINDVIS_CACHE or ~/.cache/mindvis
+    num_workers: int = 0
+    synthetic: SyntheticWorldConfig = field(default_factory=SyntheticWorldConfig)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 100
+    epochs: int = 500
+    warmup_epochs: int = 40
+    lr: float = 2.5e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    clip_grad: float = 0.8
+    accum_iter: int = 1
+    mixed_precision: str = "no"  # no | fp16 | bf16 (accelerate)
+    seed: int = 2022
+    checkpoint_every: int = 20  # epochs; a checkpoint is also written at the end
+    keep_checkpoints: int = 2
+    plot_samples: int = 5  # held-out samples drawn in the reconstruction PNG
+    tracker: str = "none"  # none | tensorboard | wandb
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs/pretrain"
+    init: str = ""  # stage A2: an SC-MBM checkpoint (mindvis run/checkpoint folder or original .pth)

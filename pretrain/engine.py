@@ -1,0 +1,284 @@
+"""The stage-A training engine: SC-MBM pretraining (A1) and tuning on a target dataset (A2).
+
+accelerate handles devices, mixed precision, gradient accumulation and multi-process runs. Every
+epoch reseeds the random generators from (seed, epoch, process) and shuffles with a seeded sampler,
+so a run resumed from a checkpoint repeats the uninterrupted run exactly.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from mindvis.compat.original import load_original_mbm
+from mindvis.config import save_config, to_plain
+from mindvis.models.sc_mbm import MaskedBrainModel, MBMConfig
+from mindvis.utils.io import atomic_dir, atomic_write_json, atomic_write_text
+from mindvis.utils.plots import plot_fmri_reconstructions, plot_loss_curves
+
+from .data import build_stage_a_data
+from .evaluate import evaluate_masked_modeling, masked_scores, summary_table, voxel_means
+
+log = logging.getLogger("mindvis.pretrain")
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+STATE_NAME = "training_state.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf."""
+
+
+class EpochShuffleSampler(Sampler):
+    """A random permutation per epoch drawn from (seed, epoch): the same order on every process and resume."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def lr_at(epoch: float, lr: float, min_lr: float, warmup_epochs: int, epochs: int) -> float:
+    """Linear warm-up, then half-cycle cosine decay; ``epoch`` is fractional (per-iteration schedule)."""
+    if epoch < warmup_epochs:
+        return lr * epoch / warmup_epochs
+    progress = (epoch - warmup_epochs) / max(1e-8, epochs - warmup_epochs)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and 1-D parameters (norms), as timm's ``add_weight_decay``."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def load_mbm(path: str | Path) -> MaskedBrainModel:
+    """An SC-MBM from a mindvis model folder, a mindvis run folder, or an original MinD-Vis ``.pth``."""
+    path = Path(path)
+    if path.is_file():
+        return load_original_mbm(path)[0]
+    for candidate in (path, path / "model", latest_checkpoint(path) / "model" if (path / CHECKPOINTS).is_dir() else None):
+        if candidate is not None and (candidate / "config.json").is_file():
+            return MaskedBrainModel.from_pretrained(candidate)
+    raise FileNotFoundError(f"no SC-MBM found at {path}: expected an original .pth file, a model folder with "
+                            "config.json + model.safetensors, or a mindvis-pretrain run folder")
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    ckpts = Path(run_dir) / CHECKPOINTS
+    pointer = ckpts / LATEST
+    if not pointer.is_file():
+        raise FileNotFoundError(f"{run_dir} has no checkpoint to resume from ({pointer} is missing)")
+    return ckpts / pointer.read_text().strip()
+
+
+def _setup_logging(run_dir: Path, main: bool) -> None:
+    log.handlers.clear()
+    log.setLevel(logging.INFO if main else logging.WARNING)
+    log.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    for h in (logging.StreamHandler(sys.stderr), logging.FileHandler(run_dir / "train.log") if main else None):
+        if h is not None:
+            h.setFormatter(fmt)
+            log.addHandler(h)
+
+
+def _make_model(cfg: DictConfig, num_voxels: int, init: MaskedBrainModel | None) -> MaskedBrainModel:
+    if init is not None:
+        return init
+    m = cfg.model
+    return MaskedBrainModel(MBMConfig(num_voxels=num_voxels, patch_size=m.patch_size, embed_dim=m.embed_dim,
+                                      depth=m.depth, num_heads=m.num_heads, decoder_embed_dim=m.decoder_embed_dim,
+                                      decoder_depth=m.decoder_depth, decoder_num_heads=m.decoder_num_heads,
+                                      mlp_ratio=m.mlp_ratio))
+
+
+def pretrain(cfg: DictConfig, resume: str | Path | None = None, run_name: str | None = None) -> dict:
+    """Train an SC-MBM as ``cfg`` says; returns the held-out summary. ``resume``: a run folder."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    t0 = time.time()
+    tc = cfg.train
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.accum_iter,
+                              log_with=None if tc.tracker == "none" else tc.tracker,
+                              project_dir=str(Path(resume or cfg.output_dir)))
+    main = accelerator.is_main_process
+    run_dir = Path(resume) if resume else Path(cfg.output_dir) / (run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    _setup_logging(run_dir, main)
+    set_seed(tc.seed)
+
+    init = load_mbm(cfg.init) if cfg.init else None
+    if init is not None:  # the architecture is the checkpoint's
+        for k in ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
+                  "decoder_num_heads", "mlp_ratio"):
+            cfg.model[k] = getattr(init.config, k)
+    bar = (lambda it, **kw: tqdm(it, **kw)) if main else None
+    data = build_stage_a_data(cfg.data, cfg.model.patch_size, tc.seed,
+                              init.config.num_voxels if init is not None else None, progress=bar)
+    log.info("data: %s", data.description)
+    model = _make_model(cfg, data.num_voxels, init)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("model: SC-MBM %s, %.1fM trainable parameters", asdict(model.config), n_params / 1e6)
+    if main:
+        save_config(cfg, run_dir / "config.yaml")
+
+    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
+    history: list[dict] = []
+    start_epoch = 0
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        model.load_state_dict(MaskedBrainModel.from_pretrained(ckpt / "model").state_dict())
+        state = torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"], json.loads(state["history"])
+        log.info("resumed from %s (epoch %d done)", ckpt, start_epoch)
+
+    sampler = EpochShuffleSampler(len(data.train), tc.seed)
+    loader = DataLoader(data.train, batch_size=tc.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+                        drop_last=len(data.train) >= tc.batch_size * accelerator.num_processes * 2)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if tc.tracker != "none":
+        accelerator.init_trackers("mindvis-pretrain", config=to_plain(cfg))
+    raw_model: MaskedBrainModel = accelerator.unwrap_model(model)
+    train_means = voxel_means(data.train)
+    steps_per_epoch = len(loader)
+
+    for epoch in range(start_epoch, tc.epochs):
+        torch.manual_seed(tc.seed * 1_000_003 + epoch * 1_009 + accelerator.process_index)
+        sampler.set_epoch(epoch)
+        model.train()
+        losses, corrs = [], []
+        it = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, disable=not main)
+        for step, batch in enumerate(it):
+            lr = lr_at(epoch + step / steps_per_epoch, tc.lr, tc.min_lr, tc.warmup_epochs, tc.epochs)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            x = batch["fmri"]
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss, pred, mask = model(x, mask_ratio=cfg.model.mask_ratio)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} (lr {lr:.3g}); the inputs are "
+                        "checked for NaN/Inf when loaded, so lower train.lr or use train.mixed_precision=no")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and tc.clip_grad > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), tc.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad()
+            losses.append(loss.item())
+            corrs.append(masked_scores(pred.detach().float(), raw_model.patchify(x).float(), mask)[1].mean().item())
+            it.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+        # mean over processes, so every rank logs the same numbers
+        stats = accelerator.gather(torch.tensor([[np.mean(losses), np.mean(corrs)]], device=accelerator.device))
+        entry = {"epoch": epoch + 1, "loss": float(stats[:, 0].mean()), "corr": float(stats[:, 1].mean()),
+                 "lr": lr, "time_s": round(time.time() - t0, 2)}
+        last = epoch + 1 == tc.epochs
+        if (epoch + 1) % tc.checkpoint_every == 0 or last:
+            ev = evaluate_masked_modeling(raw_model, data.holdout, train_means, cfg.model.mask_ratio, tc.seed,
+                                          device=accelerator.device)
+            entry |= {"holdout_mse": ev["model"]["mse"], "holdout_corr": ev["model"]["corr"]}
+        history.append(entry)
+        log.info("epoch %d: loss %.4f corr %.4f lr %.2e%s", entry["epoch"], entry["loss"], entry["corr"], lr,
+                 f" | held-out mse {entry['holdout_mse']:.4f} corr {entry['holdout_corr']:.4f}"
+                 if "holdout_mse" in entry else "")
+        if tc.tracker != "none":
+            accelerator.log({k: v for k, v in entry.items() if k != "epoch"}, step=epoch + 1)
+        if "holdout_mse" in entry:
+            _save_checkpoint(accelerator, run_dir, raw_model, optimizer, cfg, epoch + 1, history, data)
+        model.train()
+
+    summary = {}
+    if main:
+        ev = evaluate_masked_modeling(raw_model, data.holdout, train_means, cfg.model.mask_ratio, tc.seed,
+                                      device=accelerator.device)
+        raw_model.save_pretrained(run_dir / "model")
+        summary = {"holdout": ev, "num_voxels": data.num_voxels, "data": data.description, "epochs": tc.epochs,
+                   "train_samples": len(data.train), "seconds": round(time.time() - t0, 1),
+                   "beats_baselines": ev["model"]["mse"] < min(ev["voxel_mean"]["mse"], ev["nearest_patch"]["mse"])}
+        atomic_write_json(run_dir / "summary.json", summary)
+        table = summary_table(ev)
+        atomic_write_text(run_dir / "summary.md", f"# SC-MBM held-out masked-patch reconstruction\n\n"
+                          f"{ev['n_samples']} held-out samples, mask ratio {ev['mask_ratio']}, "
+                          f"{data.num_voxels} voxels.\n\n{table}\n")
+        _plot_history(run_dir, history)
+        print(f"\nHeld-out masked-patch reconstruction ({ev['n_samples']} samples):\n{table}\n"
+              f"run folder: {run_dir}", flush=True)
+    accelerator.wait_for_everyone()
+    if tc.tracker != "none":
+        accelerator.end_training()
+    return summary
+
+
+def _plot_history(run_dir: Path, history: list[dict]) -> None:
+    ev = [h for h in history if "holdout_mse" in h]
+    plot_loss_curves(run_dir / "loss_curve.png",
+                     {"train loss (masked patches)": ([h["epoch"] for h in history], [h["loss"] for h in history]),
+                      "held-out masked-patch MSE": ([h["epoch"] for h in ev], [h["holdout_mse"] for h in ev])},
+                     title="SC-MBM training")
+
+
+@torch.no_grad()
+def _plot_reconstructions(path: Path, model: MaskedBrainModel, data, n: int, mask_ratio: float, seed: int) -> None:
+    n = min(n, len(data.holdout))
+    x = torch.stack([data.holdout[i]["fmri"] for i in range(n)])
+    noise = torch.rand(n, model.config.num_patches, generator=torch.Generator().manual_seed(seed))
+    dev = next(model.parameters()).device
+    _, pred, mask = model(x.to(dev), mask_ratio, noise.to(dev))
+    plot_fmri_reconstructions(path, x[:, 0].numpy(), model.unpatchify(pred.float()).cpu()[:, 0].numpy(),
+                              mask.cpu().numpy(), model.config.patch_size, title=path.stem)
+
+
+def _save_checkpoint(accelerator, run_dir: Path, model: MaskedBrainModel, optimizer, cfg: DictConfig, epoch: int,
+                     history: list[dict], data) -> None:
+    """Write ``checkpoints/epoch-NNNN`` atomically (model, optimizer, history, config), then point ``latest`` at it."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        name = f"epoch-{epoch:04d}"
+        ckpts = run_dir / CHECKPOINTS
+        opt_state = optimizer.state_dict()
+
+        def fill(tmp: Path):
+            model.save_pretrained(tmp / "model")
+            torch.save({"optimizer": opt_state, "epoch": epoch, "history": json.dumps(history)}, tmp / STATE_NAME)
+            (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+        atomic_dir(ckpts / name, fill)
+        atomic_write_text(ckpts / LATEST, name + "\n")
+        keep = max(1, cfg.train.keep_checkpoints)
+        for old in sorted(p for p in ckpts.glob("epoch-*") if p.is_dir())[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        _plot_reconstructions(run_dir / "reconstructions" / f"{name}.png", model, data, cfg.train.plot_samples,
+                              cfg.model.mask_ratio, cfg.train.seed)
+        _plot_history(run_dir, history)
+        log.info("checkpoint %s", ckpts / name)
+    accelerator.wait_for_everyone()
