@@ -174,7 +174,7 @@ def pretrain(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
 
     for epoch in range(start_epoch, tc.epochs):
         torch.manual_seed(tc.seed * 1_000_003 + epoch * 1_009 + accelerator.process_index)
-        sampler.set_epoch(epoch)
+        loader.set_epoch(epoch)  # accelerate's loader counts epochs itself and passes its count to the sampler
         model.train()
         losses, corrs = [], []
         it = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, disable=not main)

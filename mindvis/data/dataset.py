@@ -38,7 +38,7 @@ class FMRIDataset(Dataset):
     def raw(self, index: int) -> np.ndarray:
         """The fitted (num_voxels,) float32 vector of a real (not augmented) sample."""
         a, r = self.rows[index]
-        return fit_length(np.asarray(self.arrays[a][r], dtype=np.float32), self.num_voxels)
+        return fit_length(np.array(self.arrays[a][r], dtype=np.float32), self.num_voxels)  # a writable copy
 
     def __getitem__(self, index: int) -> dict:
         if index < len(self.rows):
@@ -46,7 +46,7 @@ class FMRIDataset(Dataset):
         else:
             i, j = self.pairs[index - len(self.rows)]
             x = 0.5 * (self.raw(i) + self.raw(j))
-        x = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(0)  # (1, V)
+        x = torch.from_numpy(x).unsqueeze(0)  # (1, V)
         if self.transform is not None:
             x = self.transform(x)
         return {"fmri": x}

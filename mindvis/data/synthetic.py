@@ -458,8 +458,9 @@ class SyntheticWorld:
                     [i for i in range(c.bold5000_train_images, n_img) for _ in range(c.bold5000_test_repeats)]
                 trials = list(srng.permutation(trials))
                 resp = self._responses(brain, feats[trials], cats[trials], srng)
-                for area, sl in zip(areas, brain.roi_slices().values()):
-                    np.save(betas / f"{sub}_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_allses_{area}.npy", resp[:, sl])
+                bounds = np.cumsum([0] + brain.area_sizes)  # ROI names repeat across hemispheres
+                for area, start, stop in zip(areas, bounds[:-1], bounds[1:]):
+                    np.save(betas / f"{sub}_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_allses_{area}.npy", resp[:, start:stop])
                 seen, lists = set(), tmp / "BOLD5000_Stimuli" / "Stimuli_Presentation_Lists" / sub
                 per_run = 37
                 for r, start in enumerate(range(0, len(trials), per_run)):

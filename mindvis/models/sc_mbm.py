@@ -267,7 +267,7 @@ class MaskedBrainModel(_PretrainedMixin, nn.Module, _EncoderMixin):
     def encoder(self, global_pool: bool = False) -> "FMRIEncoder":
         """A stand-alone :class:`FMRIEncoder` holding a copy of this model's encoder weights."""
         enc = FMRIEncoder(self.config, global_pool=global_pool)
-        enc.load_state_dict({k: v for k, v in self.state_dict().items() if k in enc.state_dict()})
+        enc.load_mbm_state_dict(self.state_dict())
         return enc
 
 

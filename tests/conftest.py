@@ -1,0 +1,49 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures" / "mindvis-original"
+
+#: A synthetic world small enough for tests (seconds to generate).
+TINY_WORLD = dict(image_size=64, grid=16, n_train_classes=6, images_per_class=2, n_test_classes=4,
+                  hcp_subjects=3, hcp_frames=200, hcp_voxels=[48, 40, 24, 24], god_subjects=1,
+                  god_voxels=[40, 32, 24, 24, 16, 16, 16], god_other_voxels=8, test_repeats=2,
+                  bold5000_subjects=1, bold5000_train_images=20, bold5000_test_images=4,
+                  bold5000_test_repeats=2, bold5000_voxels=[16, 8, 8, 8, 8])
+
+
+def world_overrides(cache_dir) -> list[str]:
+    out = [f"data.cache_dir={cache_dir}"]
+    for k, v in TINY_WORLD.items():
+        out.append(f"data.synthetic.{k}={v}".replace(" ", ""))
+    return out
+
+
+#: A tiny SC-MBM and a short schedule, for engine tests.
+TINY_TRAIN = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=16",
+              "model.decoder_depth=1", "model.decoder_num_heads=2", "train.batch_size=8", "train.warmup_epochs=1",
+              "train.lr=1e-3", "train.plot_samples=2"]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mindvis-cache")
+    os.environ["MINDVIS_CACHE"] = str(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_world(cache_dir):
+    from mindvis.data.synthetic import SyntheticWorld, SyntheticWorldConfig
+
+    cfg = SyntheticWorldConfig(**TINY_WORLD)
+    root = cache_dir / "synthetic" / cfg.fingerprint()
+    SyntheticWorld(cfg).write(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def reference():
+    return dict(np.load(FIXTURES / "reference_outputs.npz"))
