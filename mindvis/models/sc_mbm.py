@@ -7,15 +7,13 @@ and ``fmri_encoder`` so state dicts move both ways.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
+from .persistence import PretrainedMixin
 from .pos_embed import interpolate_pos_embed, sincos_pos_embed_1d
 
 
@@ -65,48 +63,6 @@ def mbm_config(variant: str, num_voxels: int, **overrides) -> MBMConfig:
     if variant not in MBM_VARIANTS:
         raise ValueError(f"unknown SC-MBM variant {variant!r}; choose one of {sorted(MBM_VARIANTS)}")
     return MBMConfig(num_voxels=num_voxels, **{**MBM_VARIANTS[variant], **overrides})
-
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-
-
-class _PretrainedMixin:
-    """``save_pretrained`` / ``from_pretrained``: a folder with ``config.json`` and ``model.safetensors``."""
-
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
-        from ..utils.io import atomic_write, atomic_write_json
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = {"class": type(self).__name__, **asdict(self.config)}
-        if isinstance(self, FMRIEncoder):
-            meta["global_pool"] = self.global_pool
-        sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
-        atomic_write_json(folder / CONFIG_NAME, meta)
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, **kwargs):
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder} is not a saved {cls.__name__}: {name} is missing")
-        meta = json.loads((folder / CONFIG_NAME).read_text())
-        saved_class = meta.pop("class", cls.__name__)
-        global_pool = meta.pop("global_pool", False)
-        extra = {"global_pool": global_pool} if cls is FMRIEncoder else {}
-        model = cls(MBMConfig(**meta), **{**extra, **kwargs})
-        sd = load_file(folder / WEIGHTS_NAME)
-        if cls is FMRIEncoder and saved_class != cls.__name__:  # the encoder of a saved SC-MBM
-            model.load_mbm_state_dict(sd)
-        else:
-            model.load_state_dict(sd)
-        return model
 
 
 class PatchEmbed1D(nn.Module):
@@ -160,7 +116,7 @@ class _EncoderMixin:
         nn.init.normal_(self.cls_token, std=0.02)
 
 
-class MaskedBrainModel(_PretrainedMixin, nn.Module, _EncoderMixin):
+class MaskedBrainModel(PretrainedMixin, nn.Module, _EncoderMixin):
     """The SC-MBM masked autoencoder (``MAEforFMRI`` of the original)."""
 
     def __init__(self, config: MBMConfig):
@@ -182,6 +138,14 @@ class MaskedBrainModel(_PretrainedMixin, nn.Module, _EncoderMixin):
     @property
     def patch_size(self) -> int:
         return self.config.patch_size
+
+    def _config_dict(self) -> dict:
+        return asdict(self.config)
+
+    @classmethod
+    def _from_config_dict(cls, config: dict, saved_class: str) -> "MaskedBrainModel":
+        config.pop("global_pool", None)
+        return cls(MBMConfig(**config))
 
     def initialize_weights(self) -> None:
         self.apply(_init_vit_weights)
@@ -271,7 +235,7 @@ class MaskedBrainModel(_PretrainedMixin, nn.Module, _EncoderMixin):
         return enc
 
 
-class FMRIEncoder(_PretrainedMixin, nn.Module, _EncoderMixin):
+class FMRIEncoder(PretrainedMixin, nn.Module, _EncoderMixin):
     """The SC-MBM encoder alone (``fmri_encoder`` of the original), used to condition stage B.
 
     No cls token and no masking: (N, 1, V) -> tokens (N, L, D), or (N, 1, D) with ``global_pool``
@@ -291,6 +255,20 @@ class FMRIEncoder(_PretrainedMixin, nn.Module, _EncoderMixin):
     @property
     def num_patches(self) -> int:
         return self.patch_embed.num_patches
+
+    def _config_dict(self) -> dict:
+        return {**asdict(self.config), "global_pool": self.global_pool}
+
+    @classmethod
+    def _from_config_dict(cls, config: dict, saved_class: str) -> "FMRIEncoder":
+        global_pool = config.pop("global_pool", False)
+        return cls(MBMConfig(**config), global_pool=global_pool)
+
+    def _load_saved_weights(self, state_dict: dict, saved_class: str) -> None:
+        if saved_class == type(self).__name__:
+            self.load_state_dict(state_dict)
+        else:  # the encoder of a saved SC-MBM
+            self.load_mbm_state_dict(state_dict)
 
     @property
     def embed_dim(self) -> int:
