@@ -1,16 +1,11 @@
 """The stage-A training engine: SC-MBM pretraining (A1) and tuning on a target dataset (A2).
 
-accelerate handles devices, mixed precision, gradient accumulation and multi-process runs. Every
-epoch reseeds the random generators from (seed, epoch, process) and shuffles with a seeded sampler,
-so a run resumed from a checkpoint repeats the uninterrupted run exactly.
+accelerate handles devices, mixed precision, gradient accumulation and multi-process runs; the
+seeding in :mod:`mindvis.training` makes a resumed run repeat the uninterrupted one exactly.
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
-import shutil
-import sys
 import time
 from dataclasses import asdict
 from datetime import datetime
@@ -19,62 +14,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mindvis.compat.original import load_original_mbm
 from mindvis.config import save_config, to_plain
 from mindvis.models.sc_mbm import MaskedBrainModel, MBMConfig
-from mindvis.utils.io import atomic_dir, atomic_write_json, atomic_write_text
+from mindvis.training import (CHECKPOINTS, STATE_NAME, EpochShuffleSampler, NonFiniteLossError, check_finite_loss,
+                              decay_groups, latest_checkpoint, load_training_state, lr_at, save_training_state,
+                              seed_epoch, setup_logging, write_checkpoint)
+from mindvis.utils.io import atomic_write_json, atomic_write_text
 from mindvis.utils.plots import plot_fmri_reconstructions, plot_loss_curves
 
 from .data import build_stage_a_data
 from .evaluate import evaluate_masked_modeling, masked_scores, summary_table, voxel_means
 
+__all__ = ["NonFiniteLossError", "load_mbm", "pretrain"]
+
 log = logging.getLogger("mindvis.pretrain")
-
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
-STATE_NAME = "training_state.pt"
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or Inf."""
-
-
-class EpochShuffleSampler(Sampler):
-    """A random permutation per epoch drawn from (seed, epoch): the same order on every process and resume."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-def lr_at(epoch: float, lr: float, min_lr: float, warmup_epochs: int, epochs: int) -> float:
-    """Linear warm-up, then half-cycle cosine decay; ``epoch`` is fractional (per-iteration schedule)."""
-    if epoch < warmup_epochs:
-        return lr * epoch / warmup_epochs
-    progress = (epoch - warmup_epochs) / max(1e-8, epochs - warmup_epochs)
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and 1-D parameters (norms), as timm's ``add_weight_decay``."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
 def load_mbm(path: str | Path) -> MaskedBrainModel:
@@ -87,25 +44,6 @@ def load_mbm(path: str | Path) -> MaskedBrainModel:
             return MaskedBrainModel.from_pretrained(candidate)
     raise FileNotFoundError(f"no SC-MBM found at {path}: expected an original .pth file, a model folder with "
                             "config.json + model.safetensors, or a mindvis-pretrain run folder")
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path:
-    ckpts = Path(run_dir) / CHECKPOINTS
-    pointer = ckpts / LATEST
-    if not pointer.is_file():
-        raise FileNotFoundError(f"{run_dir} has no checkpoint to resume from ({pointer} is missing)")
-    return ckpts / pointer.read_text().strip()
-
-
-def _setup_logging(run_dir: Path, main: bool) -> None:
-    log.handlers.clear()
-    log.setLevel(logging.INFO if main else logging.WARNING)
-    log.propagate = False
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    for h in (logging.StreamHandler(sys.stderr), logging.FileHandler(run_dir / "train.log") if main else None):
-        if h is not None:
-            h.setFormatter(fmt)
-            log.addHandler(h)
 
 
 def _make_model(cfg: DictConfig, num_voxels: int, init: MaskedBrainModel | None) -> MaskedBrainModel:
@@ -133,7 +71,7 @@ def pretrain(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    _setup_logging(run_dir, main)
+    setup_logging("mindvis.pretrain", run_dir, main)
     set_seed(tc.seed)
 
     init = load_mbm(cfg.init) if cfg.init else None
@@ -151,15 +89,16 @@ def pretrain(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
     if main:
         save_config(cfg, run_dir / "config.yaml")
 
-    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
+    optimizer = torch.optim.AdamW(decay_groups(model.named_parameters(), tc.weight_decay), lr=tc.lr,
+                                  betas=tuple(tc.betas))
     history: list[dict] = []
     start_epoch = 0
     if resume:
         ckpt = latest_checkpoint(run_dir)
         model.load_state_dict(MaskedBrainModel.from_pretrained(ckpt / "model").state_dict())
-        state = torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=True)
+        state = load_training_state(ckpt / STATE_NAME)
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"], json.loads(state["history"])
+        start_epoch, history = state["epoch"], state["history"]
         log.info("resumed from %s (epoch %d done)", ckpt, start_epoch)
 
     sampler = EpochShuffleSampler(len(data.train), tc.seed)
@@ -173,7 +112,7 @@ def pretrain(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
     steps_per_epoch = len(loader)
 
     for epoch in range(start_epoch, tc.epochs):
-        torch.manual_seed(tc.seed * 1_000_003 + epoch * 1_009 + accelerator.process_index)
+        seed_epoch(tc.seed, epoch, accelerator.process_index)
         loader.set_epoch(epoch)  # accelerate's loader counts epochs itself and passes its count to the sampler
         model.train()
         losses, corrs = [], []
@@ -186,10 +125,7 @@ def pretrain(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     loss, pred, mask = model(x, mask_ratio=cfg.model.mask_ratio)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} (lr {lr:.3g}); the inputs are "
-                        "checked for NaN/Inf when loaded, so lower train.lr or use train.mixed_precision=no")
+                check_finite_loss(loss, epoch, step, lr)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and tc.clip_grad > 0:
                     accelerator.clip_grad_norm_(model.parameters(), tc.clip_grad)
@@ -260,25 +196,17 @@ def _plot_reconstructions(path: Path, model: MaskedBrainModel, data, n: int, mas
 
 def _save_checkpoint(accelerator, run_dir: Path, model: MaskedBrainModel, optimizer, cfg: DictConfig, epoch: int,
                      history: list[dict], data) -> None:
-    """Write ``checkpoints/epoch-NNNN`` atomically (model, optimizer, history, config), then point ``latest`` at it."""
+    """Checkpoint (model, optimizer, history, config), reconstruction PNG and loss curve, on the main process."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        name = f"epoch-{epoch:04d}"
-        ckpts = run_dir / CHECKPOINTS
-        opt_state = optimizer.state_dict()
-
         def fill(tmp: Path):
             model.save_pretrained(tmp / "model")
-            torch.save({"optimizer": opt_state, "epoch": epoch, "history": json.dumps(history)}, tmp / STATE_NAME)
+            save_training_state(tmp / STATE_NAME, optimizer, epoch, history)
             (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-        atomic_dir(ckpts / name, fill)
-        atomic_write_text(ckpts / LATEST, name + "\n")
-        keep = max(1, cfg.train.keep_checkpoints)
-        for old in sorted(p for p in ckpts.glob("epoch-*") if p.is_dir())[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        _plot_reconstructions(run_dir / "reconstructions" / f"{name}.png", model, data, cfg.train.plot_samples,
+        path = write_checkpoint(run_dir, epoch, fill, cfg.train.keep_checkpoints)
+        _plot_reconstructions(run_dir / "reconstructions" / f"{path.name}.png", model, data, cfg.train.plot_samples,
                               cfg.model.mask_ratio, cfg.train.seed)
         _plot_history(run_dir, history)
-        log.info("checkpoint %s", ckpts / name)
+        log.info("checkpoint %s", path)
     accelerator.wait_for_everyone()

@@ -1,0 +1,115 @@
+"""Pieces both training stages share: seeded shuffling, the learning-rate schedule, checkpoint folders,
+logging. Every epoch reseeds from (seed, epoch, process) and the sampler shuffles from (seed, epoch),
+so a run resumed from a checkpoint repeats the uninterrupted run exactly."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import Sampler
+
+from .utils.io import atomic_dir, atomic_write_text
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+STATE_NAME = "training_state.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf."""
+
+
+class EpochShuffleSampler(Sampler):
+    """A random permutation per epoch drawn from (seed, epoch): the same order on every process and resume."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def seed_epoch(seed: int, epoch: int, process_index: int) -> None:
+    """Reseed torch's global generator for one epoch of one process."""
+    torch.manual_seed(seed * 1_000_003 + epoch * 1_009 + process_index)
+
+
+def lr_at(epoch: float, lr: float, min_lr: float, warmup_epochs: float, epochs: int) -> float:
+    """Linear warm-up, then half-cycle cosine decay; ``epoch`` is fractional (per-iteration schedule)."""
+    if epoch < warmup_epochs:
+        return lr * epoch / warmup_epochs
+    progress = (epoch - warmup_epochs) / max(1e-8, epochs - warmup_epochs)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def decay_groups(named_params, weight_decay: float) -> list[dict]:
+    """AdamW groups with no weight decay on biases and 1-D parameters (norms), as timm's ``add_weight_decay``."""
+    decay, no_decay = [], []
+    for name, p in named_params:
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def check_finite_loss(loss: torch.Tensor, epoch: int, step: int, lr: float) -> None:
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(
+            f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} (lr {lr:.3g}); the inputs are checked "
+            "for NaN/Inf when loaded, so lower train.lr or use train.mixed_precision=no")
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    ckpts = Path(run_dir) / CHECKPOINTS
+    pointer = ckpts / LATEST
+    if not pointer.is_file():
+        raise FileNotFoundError(f"{run_dir} has no checkpoint to resume from ({pointer} is missing)")
+    return ckpts / pointer.read_text().strip()
+
+
+def write_checkpoint(run_dir: Path, epoch: int, fill: Callable[[Path], None], keep: int) -> Path:
+    """Write ``checkpoints/epoch-NNNN`` atomically with ``fill(tmp_dir)``, point ``latest`` at it, and
+    keep the newest ``keep`` epoch folders."""
+    ckpts = run_dir / CHECKPOINTS
+    name = f"epoch-{epoch:04d}"
+    atomic_dir(ckpts / name, fill)
+    atomic_write_text(ckpts / LATEST, name + "\n")
+    for old in sorted(p for p in ckpts.glob("epoch-*") if p.is_dir())[:-max(1, keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return ckpts / name
+
+
+def save_training_state(path: Path, optimizer, epoch: int, history: list[dict], **extra) -> None:
+    torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "history": json.dumps(history), **extra}, path)
+
+
+def load_training_state(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state["history"] = json.loads(state["history"])
+    return state
+
+
+def setup_logging(name: str, run_dir: Path, main: bool) -> logging.Logger:
+    """Log to stderr and ``run_dir/train.log`` on the main process; warnings only elsewhere."""
+    log = logging.getLogger(name)
+    log.handlers.clear()
+    log.setLevel(logging.INFO if main else logging.WARNING)
+    log.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stderr)] + ([logging.FileHandler(run_dir / "train.log")] if main else [])
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    return log
