@@ -85,6 +85,10 @@ class DCLDM(nn.Module):
         context, time_emb = self.condition(fmri)
         return F.mse_loss(self.predict_noise(zt, t, context, time_emb), noise)
 
+    def forward(self, images: torch.Tensor, fmri: torch.Tensor) -> torch.Tensor:
+        """The training loss (so that a DDP wrapper syncs gradients)."""
+        return self.loss(images, fmri)
+
     # ------------------------------------------------------------------ training modes
     def set_trainable(self, unet: str = "cross_attention", encoder: bool = True) -> list[str]:
         """Choose what trains; returns the trainable parameter names.

@@ -59,3 +59,18 @@ def plot_fmri_reconstructions(path: str | os.PathLike, truth: np.ndarray, pred: 
     axs[-1, 1].set_xlabel("voxel")
     fig.suptitle(title)
     _save(fig, path)
+
+
+def save_image_grid(path: str | os.PathLike, rows: Sequence[np.ndarray], pad: int = 2) -> None:
+    """Write a PNG grid: one row per array (K, H, W, 3) uint8 or float in [0, 1] (ground truth first, as the paper)."""
+    from PIL import Image
+
+    rows = [np.asarray(r) for r in rows]
+    rows = [(np.clip(r, 0, 1) * 255).round().astype(np.uint8) if r.dtype != np.uint8 else r for r in rows]
+    k = max(len(r) for r in rows)
+    h, w = rows[0].shape[1:3]
+    grid = np.full((len(rows) * (h + pad) + pad, k * (w + pad) + pad, 3), 255, np.uint8)
+    for i, r in enumerate(rows):
+        for j, img in enumerate(r):
+            grid[pad + i * (h + pad): pad + i * (h + pad) + h, pad + j * (w + pad): pad + j * (w + pad) + w] = img
+    atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))

@@ -1,0 +1,94 @@
+"""Settings of stage B (DC-LDM fine-tuning) and of the small prior trainer. Defaults are the paper's (GOD)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+from mindvis.data.synthetic import SyntheticWorldConfig
+
+DATASETS = ("god", "bold5000", "god+bold5000", "synthetic")
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = ""  # stage-A SC-MBM: mindvis run/model folder or original .pth; "random" = untrained encoder
+    encoder_variant: str = "tiny"  # architecture when encoder=random (mindvis.models.MBM_VARIANTS)
+    prior: str = ""  # CompVis LDM folder or diffusers-style folder; empty with synthetic: the cached synthetic prior
+    global_pool: bool = False  # one context token (mean of encoder tokens) instead of 77
+    time_cond: bool = True  # double conditioning: add the fMRI to the timestep embedding
+    interpolate_positions: bool = True  # adapt the encoder's positions to the data's voxel count (original)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "god"  # god | bold5000 | god+bold5000 | synthetic
+    path: str = ""  # GOD folder (MinD-Vis layout); with god_layout=bdata the folder of Subject*.h5 files
+    god_layout: str = "mindvis"  # mindvis (sbj_N.npz + images_256.npz) | bdata (Kamitani HDF5 + ImageNet images)
+    imagenet_dir: str = ""  # bdata layout: folder with the stimulus images (n01518878_5958.JPEG ...)
+    class_index: str = ""  # bdata layout: imagenet_class_index.json for labels
+    bold5000_path: str = ""
+    subjects: List[str] = field(default_factory=lambda: ["sbj_3"])  # GOD subjects (bdata: file names)
+    bold5000_subjects: List[str] = field(default_factory=lambda: ["CSI1"])
+    roi: str = "VC"
+    pad_mode: str = "exact"
+    include_test_trials: bool = False  # also evaluate single test trials (not only repetition averages)
+    zero_voxels: float = 0.2  # training augmentation: fraction of voxels zeroed
+    crop_ratio: float = 0.2  # training augmentation: random crop of (1 - ratio) of the side ...
+    crop_p: float = 0.5  # ... with this probability, then resize
+    val_fraction: float = 0.1  # validation split carved from training data (whole classes for GOD)
+    image_size: int = 0  # 0: the prior's resolution
+    cache_dir: str = ""
+    num_workers: int = 0
+    synthetic: SyntheticWorldConfig = field(default_factory=SyntheticWorldConfig)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 5  # paper: 5 for GOD, 25 for BOLD5000
+    epochs: int = 500
+    lr: float = 5.3e-5
+    weight_decay: float = 0.01
+    clip_grad: float = 0.5
+    accum_iter: int = 1
+    mixed_precision: str = "no"
+    seed: int = 2022
+    unet: str = "cross_attention"  # what of the UNet trains: cross_attention (paper) | all | none
+    train_encoder: bool = True
+    val_every: int = 10  # epochs between validations (loss, grid); the best checkpoint is kept
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    select_metric: str = "val_loss"  # lower is better
+    grid_samples: int = 4  # validation fMRI drawn in the grid
+    num_samples: int = 2  # images per fMRI in grids
+    sample_steps: int = 25
+    sampler: str = "dpm++"  # plms | ddim | dpm++
+    tracker: str = "none"
+
+
+@dataclass
+class FinetuneConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs/finetune"
+
+
+@dataclass
+class PriorConfig:
+    """A small latent diffusion prior (VQ-f4 autoencoder + class-conditional UNet) for CPU-sized worlds."""
+
+    images: str = "synthetic"  # "synthetic" (the world's classes, fresh renders) or an image folder
+    image_size: int = 32  # CPU-sized: 8 x 8 x 3 latents, as the fixture prior
+    images_per_class: int = 16  # synthetic: renders per class (none of them a GOD test image)
+    vq_channels: List[int] = field(default_factory=lambda: [32, 32, 64])  # f4
+    vq_codebook: int = 256
+    latent_channels: int = 3
+    unet_channels: List[int] = field(default_factory=lambda: [32, 64])
+    context_dim: int = 64
+    vq_epochs: int = 6
+    ldm_epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-4
+    seed: int = 0
+    cache_dir: str = ""
+    synthetic: SyntheticWorldConfig = field(default_factory=SyntheticWorldConfig)

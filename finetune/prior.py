@@ -1,0 +1,206 @@
+"""``mindvis-train-prior``: train a small latent diffusion prior where no pretrained one can be had.
+
+The prior has the parts stage B expects: a VQ-f4 autoencoder (diffusers VQModel) and a UNet with
+cross-attention (UNet2DConditionModel), trained class-conditionally like the label2img prior MinD-Vis
+starts from: a class embedding is the single cross-attention token (a null class is dropped in 10 %
+of steps). The folder it writes (``unet/``, ``vae/``, ``scheduler/``, ``class_embedder/``) is a
+diffusers-style prior folder for ``mindvis-finetune model.prior=DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from mindvis.config import ConfigError, build_config, save_config
+from mindvis.data.fmri import DataError
+from mindvis.data.synthetic import SyntheticWorld, default_cache_dir
+from mindvis.models.priors import LDM_SCHEDULE
+from mindvis.utils.io import atomic_dir, atomic_write_json
+from mindvis.utils.plots import plot_loss_curves
+
+from .config import PriorConfig
+
+log = logging.getLogger("mindvis.prior")
+
+
+def prior_images(cfg: PriorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, S, S, 3), class ids) to train on."""
+    from PIL import Image
+
+    if cfg.images == "synthetic":
+        world = SyntheticWorld(cfg.synthetic)
+        classes = np.repeat(np.arange(world.n_classes), cfg.images_per_class)
+        imgs = world.render(classes, stream=3)  # stream 3: never the GOD/BOLD5000 stimuli
+    else:
+        folder = Path(cfg.images)
+        if not folder.is_dir():
+            raise DataError(f"image folder not found: {folder}")
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if not files:
+            raise DataError(f"no .png/.jpg images under {folder}")
+        names = sorted({p.parent.name for p in files})
+        classes = np.array([names.index(p.parent.name) for p in files])
+        imgs = []
+        for p in files:
+            with Image.open(p) as im:
+                imgs.append(np.asarray(im.convert("RGB")))
+        imgs = np.stack([np.asarray(Image.fromarray(i).resize((cfg.image_size,) * 2, Image.BICUBIC)) for i in imgs])
+    if imgs.shape[1] != cfg.image_size:
+        t = torch.from_numpy(imgs).permute(0, 3, 1, 2).float()
+        t = F.interpolate(t, size=(cfg.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        imgs = t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    return imgs, classes
+
+
+def build_prior_models(cfg: PriorConfig, n_classes: int):
+    from diffusers import UNet2DConditionModel, VQModel
+
+    n_levels = len(cfg.vq_channels)
+    vae = VQModel(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * n_levels,
+                  up_block_types=["UpDecoderBlock2D"] * n_levels, block_out_channels=list(cfg.vq_channels),
+                  layers_per_block=1, latent_channels=cfg.latent_channels, num_vq_embeddings=cfg.vq_codebook,
+                  vq_embed_dim=cfg.latent_channels, norm_num_groups=min(32, min(cfg.vq_channels)),
+                  sample_size=cfg.image_size, scaling_factor=1.0)
+    k = len(cfg.unet_channels)
+    unet = UNet2DConditionModel(sample_size=cfg.image_size // 2 ** (n_levels - 1), in_channels=cfg.latent_channels,
+                                out_channels=cfg.latent_channels, block_out_channels=list(cfg.unet_channels),
+                                down_block_types=["CrossAttnDownBlock2D"] * k, up_block_types=["CrossAttnUpBlock2D"] * k,
+                                layers_per_block=1, cross_attention_dim=cfg.context_dim, attention_head_dim=8,
+                                norm_num_groups=min(32, min(cfg.unet_channels)))
+    embedder = torch.nn.Embedding(n_classes + 1, cfg.context_dim)  # last row: the null class
+    return vae, unet, embedder
+
+
+def _batches(n: int, batch: int, gen: torch.Generator):
+    perm = torch.randperm(n, generator=gen)
+    return [perm[i:i + batch] for i in range(0, n, batch)]
+
+
+def train_prior(cfg: PriorConfig, out: str | Path) -> Path:
+    """Train the autoencoder, then the UNet on its latents; write the prior folder ``out``."""
+    from diffusers import DDPMScheduler
+
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    imgs, classes = prior_images(cfg)
+    n_classes = int(classes.max()) + 1
+    x_all = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, S, S)
+    y_all = torch.from_numpy(classes).long()
+    vae, unet, embedder = build_prior_models(cfg, n_classes)
+    log.info("prior: %d images of %d classes at %dpx; VQ %.2fM, UNet %.2fM parameters", len(x_all), n_classes,
+             cfg.image_size, sum(p.numel() for p in vae.parameters()) / 1e6,
+             sum(p.numel() for p in unet.parameters()) / 1e6)
+    history = {"vq": [], "ldm": []}
+
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr * 2, weight_decay=0.0)
+    for epoch in tqdm(range(cfg.vq_epochs), desc="VQ autoencoder"):
+        losses = []
+        for idx in _batches(len(x_all), cfg.batch_size, gen):
+            x = x_all[idx]
+            out_ = vae(x)
+            loss = F.l1_loss(out_.sample, x) + F.mse_loss(out_.sample, x) + out_.commit_loss.mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        history["vq"].append(float(np.mean(losses)))
+        log.info("VQ epoch %d: loss %.4f", epoch + 1, history["vq"][-1])
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(x_all[i:i + 64]).latents for i in range(0, len(x_all), 64)])
+    scale = float(1.0 / lat.std())
+    vae.register_to_config(scaling_factor=scale)  # unit-variance latents, as Stable Diffusion's 0.18215
+    lat = lat * scale
+
+    sched = DDPMScheduler(**LDM_SCHEDULE)
+    params = list(unet.parameters()) + list(embedder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    for epoch in tqdm(range(cfg.ldm_epochs), desc="latent diffusion"):
+        losses = []
+        for idx in _batches(len(lat), cfg.batch_size, gen):
+            z0, y = lat[idx], y_all[idx].clone()
+            y[torch.rand(len(y), generator=gen) < 0.1] = n_classes  # null class for guidance-free training
+            noise = torch.randn(z0.shape, generator=gen)
+            t = torch.randint(0, sched.config.num_train_timesteps, (len(z0),), generator=gen)
+            pred = unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=embedder(y)[:, None]).sample
+            loss = F.mse_loss(pred, noise)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            losses.append(loss.item())
+        history["ldm"].append(float(np.mean(losses)))
+        log.info("LDM epoch %d: loss %.4f", epoch + 1, history["ldm"][-1])
+
+    def fill(tmp: Path):
+        unet.save_pretrained(tmp / "unet")
+        vae.save_pretrained(tmp / "vae")
+        sched.save_pretrained(tmp / "scheduler")
+        (tmp / "class_embedder").mkdir()
+        from safetensors.torch import save_file
+
+        save_file({"weight": embedder.weight.detach().contiguous()}, tmp / "class_embedder" / "model.safetensors")
+        atomic_write_json(tmp / "class_embedder" / "config.json", {"num_classes": n_classes, "null_class": n_classes,
+                                                                  "context_dim": cfg.context_dim})
+        save_config(OmegaConf.structured(cfg), tmp / "prior_config.yaml")
+        atomic_write_json(tmp / "history.json", {**history, "seconds": round(time.time() - t0, 1), "images": len(x_all)})
+        plot_loss_curves(tmp / "loss_curve.png",
+                         {"VQ autoencoder": (list(range(1, len(history["vq"]) + 1)), history["vq"]),
+                          "latent diffusion": (list(range(1, len(history["ldm"]) + 1)), history["ldm"])},
+                         title="prior training")
+
+    out = atomic_dir(out, fill)
+    log.info("prior written to %s (%.0f s)", out, time.time() - t0)
+    return out
+
+
+def prior_fingerprint(cfg: PriorConfig) -> str:
+    import hashlib
+
+    return hashlib.sha1(json.dumps(OmegaConf.to_container(OmegaConf.structured(cfg)), sort_keys=True)
+                        .encode()).hexdigest()[:12]
+
+
+def ensure_synthetic_prior(world_cfg, cache_dir=None) -> Path:
+    """The cached prior of the synthetic world (trained with the default settings on first use)."""
+    cfg = PriorConfig(synthetic=world_cfg)
+    out = Path(cache_dir or default_cache_dir()) / "priors" / f"synthetic-{prior_fingerprint(cfg)}"
+    if not (out / "unet" / "config.json").is_file():
+        log.info("training the synthetic world's prior once into %s (mindvis-train-prior)", out)
+        train_prior(cfg, out)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="mindvis-train-prior", description="Train a small latent diffusion prior (VQ-f4 autoencoder + "
+        "class-conditional UNet) on the synthetic world or an image folder (one subfolder per class).",
+        epilog="overrides: PriorConfig fields as key=value, e.g. image_size=64 ldm_epochs=50 synthetic.seed=1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", default="synthetic", help="'synthetic' or an image folder (default: synthetic)")
+    p.add_argument("--out", required=True, metavar="DIR", help="prior folder to write")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        cfg = OmegaConf.to_object(build_config(PriorConfig, overrides=[f"images={args.images}", *args.overrides]))
+        train_prior(cfg, args.out)
+    except (ConfigError, DataError) as e:
+        print(f"mindvis-train-prior: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
