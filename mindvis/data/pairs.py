@@ -151,12 +151,12 @@ def god_bdata_subject(h5_path: str | os.PathLike, image_dir: str | os.PathLike, 
     with h5:
         if "dataSet" not in h5 or "metaData" not in h5:
             raise DataError(f"{h5_path}: not a BData file (needs /dataSet and /metaData)")
-        data = np.asarray(h5["dataSet"], dtype=np.float32)
+        data = np.asarray(h5["dataSet"], dtype=np.float64)  # stimulus ids need double precision
         vox = _bdata_columns(h5, f"ROI_{roi}")
         dtype_col = _bdata_columns(h5, "DataType")
         stim_col = _bdata_columns(h5, "stimulus_id")
     dtype, stim = data[:, dtype_col[0]], data[:, stim_col[0]]
-    x = data[:, vox]
+    x = data[:, vox].astype(np.float32)
     check_finite(x, f"{h5_path} ROI_{roi}")
     train_rows, test_rows = np.nonzero(dtype == 1)[0], np.nonzero(dtype == 2)[0]
     test_stims = np.unique(stim[test_rows])

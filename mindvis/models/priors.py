@@ -86,3 +86,21 @@ def _converted_compvis(folder: Path, cache_dir) -> Path:
 
         atomic_dir(out, fill)
     return out
+
+
+def label2img_architecture(time_conditioned: bool = True):
+    """(unet, vae, scheduler_config) with the architecture of the CompVis label2img (cin256-v2) prior
+    MinD-Vis uses, randomly initialised: 64 x 64 x 3 VQ-f4 latents of 256 x 256 images, a UNet with
+    192 x (1, 2, 3, 5) channels, 2 blocks per level, one-head cross-attention (width 512) at 1/2, 1/4
+    and 1/8 resolution. For benchmarks and shape checks without the weights."""
+    from diffusers import UNet2DConditionModel, VQModel
+
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=3, out_channels=3, block_out_channels=[192, 384, 576, 960], layers_per_block=2,
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        cross_attention_dim=512, attention_head_dim=1, class_embed_type="identity" if time_conditioned else None)
+    vae = VQModel(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3,
+                  up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[128, 256, 512], layers_per_block=2,
+                  latent_channels=3, num_vq_embeddings=8192, vq_embed_dim=3, sample_size=256, scaling_factor=1.0)
+    return unet, vae, dict(LDM_SCHEDULE)
