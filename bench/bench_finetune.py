@@ -32,11 +32,10 @@ def build(kind: str):
         unet, vae, sched = label2img_architecture()
         enc, batch, size = mbm_config("paper", 4656), 5, 256
     else:
-        vae, unet, _ = build_prior_models(PriorConfig(), 100)
-        unet.register_to_config(class_embed_type="identity")
         from diffusers import UNet2DConditionModel
 
-        unet = UNet2DConditionModel.from_config(unet.config)
+        vae, unet, _ = build_prior_models(PriorConfig(), 100)
+        unet = UNet2DConditionModel.from_config({**unet.config, "class_embed_type": "identity"})
         sched, enc, batch, size = dict(LDM_SCHEDULE), mbm_config("tiny", 1072), 16, 32
     cond = FMRIConditioner(ConditionerConfig(encoder=enc.__dict__, context_dim=unet.config.cross_attention_dim,
                                              time_embed_dim=unet.time_embedding.linear_2.out_features))
@@ -85,6 +84,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--out", default="bench/results/finetune_cpu.md")
+    p.add_argument("--only", nargs="*", choices=sorted(set(CONFIGS.values())), help="run only these configurations")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -94,6 +94,8 @@ def main() -> None:
 
     rows = []
     for name, kind in CONFIGS.items():
+        if args.only and kind not in args.only:
+            continue
         res = subprocess.run([sys.executable, __file__, "--one", kind, "--steps", str(args.steps), "--device",
                               args.device], capture_output=True, text=True)
         if res.returncode:

@@ -85,10 +85,11 @@ class PriorConfig:
     latent_channels: int = 3
     unet_channels: List[int] = field(default_factory=lambda: [32, 64])
     context_dim: int = 64
-    vq_epochs: int = 6
+    vq_epochs: int = 15
     ldm_epochs: int = 30
     batch_size: int = 32
-    lr: float = 2e-4
+    vq_lr: float = 1e-3
+    lr: float = 5e-4  # latent diffusion
     seed: int = 0
     cache_dir: str = ""
     synthetic: SyntheticWorldConfig = field(default_factory=SyntheticWorldConfig)

@@ -30,7 +30,7 @@ from mindvis.utils.plots import plot_loss_curves
 
 from .config import PriorConfig
 
-log = logging.getLogger("mindvis.prior")
+log = logging.getLogger("mindvis.finetune.prior")  # shows in the finetune log when called from it
 
 
 def prior_images(cfg: PriorConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +103,7 @@ def train_prior(cfg: PriorConfig, out: str | Path) -> Path:
              sum(p.numel() for p in unet.parameters()) / 1e6)
     history = {"vq": [], "ldm": []}
 
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr * 2, weight_decay=0.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vq_lr, weight_decay=0.0)
     for epoch in tqdm(range(cfg.vq_epochs), desc="VQ autoencoder"):
         losses = []
         for idx in _batches(len(x_all), cfg.batch_size, gen):
@@ -193,6 +193,7 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    log.propagate = True
     try:
         cfg = OmegaConf.to_object(build_config(PriorConfig, overrides=[f"images={args.images}", *args.overrides]))
         train_prior(cfg, args.out)

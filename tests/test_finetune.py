@@ -158,3 +158,21 @@ def test_presets_load_and_derived_defaults_follow_overrides():
     assert cfg.train.batch_size == 7 and cfg.model.time_cond is False
     cfg = resolve_config(p.parse_args(["--dataset", "bold5000", "--encoder", "enc.pth"]))
     assert cfg.model.encoder == "enc.pth"  # the BOLD5000 run gets the encoder it is given, not GOD's
+
+
+@pytest.mark.slow
+def test_paper_size_stage_b_runs_a_training_step_on_cpu():
+    """label2img-sized UNet + VQ-f4 (random weights), paper SC-MBM on 4,656 voxels, 256 px, batch 5 (~1 min, ~10 GiB)."""
+    from mindvis.models.priors import label2img_architecture
+
+    unet, vae, sched = label2img_architecture()
+    enc = mbm_config("paper", 4656)
+    cond = FMRIConditioner(ConditionerConfig(encoder=enc.__dict__, context_dim=512,
+                                             time_embed_dim=unet.time_embedding.linear_2.out_features))
+    m = DCLDM(unet, vae, cond, sched)
+    params = [p for n, p in m.named_parameters() if n in set(m.set_trainable())]
+    opt = torch.optim.AdamW(params, lr=5.3e-5)
+    loss = m(torch.rand(5, 3, 256, 256) * 2 - 1, torch.randn(5, 1, 4656))
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and m.image_size == 256
