@@ -1,0 +1,201 @@
+"""Image classifiers for the n-way semantic metric.
+
+* ``vit_h_14``: torchvision's ViT-H/14 on ImageNet (the paper's), from a local weights file
+  (``--classifier-weights``) or torch's cache;
+* ``timm:NAME``: any timm model, from a local weights file or the usual caches;
+* ``synthetic``: a small CNN that mindvis trains on renders of the synthetic world's classes
+  (fresh instances, never the test stimuli), saved and reused from the cache.
+
+Every classifier maps images (N, 3, H, W) in [0, 1] to class probabilities (N, C) and can return
+penultimate features (for the Fréchet distance).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+log = logging.getLogger("mindvis.eval")
+
+
+class ClassifierUnavailable(RuntimeError):
+    """The classifier's weights cannot be found here."""
+
+
+class ImageClassifier(nn.Module):
+    """Wraps a backbone with its input size and normalisation."""
+
+    def __init__(self, net: nn.Module, size: int, mean, std, features=None):
+        super().__init__()
+        self.net, self.size = net, size
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self._features = features
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != self.size:
+            images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True,
+                                   align_corners=False)
+        return (images - self.mean) / self.std
+
+    @torch.no_grad()
+    def probs(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        self.eval()
+        return torch.cat([self.net(self.prepare(images[i:i + batch_size])).softmax(-1)
+                          for i in range(0, len(images), batch_size)])
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        self.eval()
+        fn = self._features or self.net
+        return torch.cat([fn(self.prepare(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _load_state(path: str) -> dict:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def vit_h_14(weights: str | None = None) -> ImageClassifier:
+    from torchvision.models import ViT_H_14_Weights, vit_h_14 as build
+
+    if weights:
+        net = build()
+        net.load_state_dict(_load_state(weights))
+    else:
+        try:
+            net = build(weights=ViT_H_14_Weights.IMAGENET1K_SWAG_E2E_V1)
+        except Exception as e:  # noqa: BLE001 - no network / no cache
+            raise ClassifierUnavailable(f"ViT-H/14 ImageNet weights are not in torch's cache and cannot be downloaded "
+                                        f"({type(e).__name__}); pass --classifier-weights FILE") from None
+    return ImageClassifier(net, 518, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def timm_classifier(name: str, weights: str | None = None) -> ImageClassifier:
+    import timm
+
+    try:
+        if weights:
+            net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": weights})
+        else:
+            net = timm.create_model(name, pretrained=True)
+    except Exception as e:  # noqa: BLE001 - no network / no cache
+        raise ClassifierUnavailable(f"timm model {name!r}: weights not available here ({type(e).__name__}: {e}); "
+                                    "pass --classifier-weights FILE") from None
+    cfg = net.pretrained_cfg
+    return ImageClassifier(net, cfg.get("input_size", (3, 224, 224))[-1], cfg.get("mean", IMAGENET_MEAN),
+                           cfg.get("std", IMAGENET_STD), features=lambda x: net.forward_head(net.forward_features(x),
+                                                                                             pre_logits=True))
+
+
+# ----------------------------------------------------------------------------- the synthetic world's classifier
+class SmallCNN(nn.Module):
+    def __init__(self, n_classes: int, width: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4 * width, n_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Blur, noise and small colour shifts, so that imperfect reconstructions are judged by content."""
+    n = len(x)
+    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
+    k = (k[:, None] * k[None]) / 256
+    blurred = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), k.expand(3, 1, 5, 5), groups=3)
+    w = torch.rand(n, 1, 1, 1, generator=gen)
+    x = w * blurred + (1 - w) * x
+    x = x + 0.05 * torch.randn(n, 3, 1, 1, generator=gen) + 0.03 * torch.randn(x.shape, generator=gen)
+    return x.clamp(0, 1)
+
+
+def train_synthetic_classifier(world_cfg, image_size: int, out: str | os.PathLike, per_class: int = 30,
+                               epochs: int = 8, seed: int = 0) -> Path:
+    """Train the synthetic world's classifier on fresh renders of every class; write ``out``."""
+    from safetensors.torch import save_file
+
+    from ..data.synthetic import SyntheticWorld
+    from ..utils.io import atomic_dir, atomic_write_json
+
+    world = SyntheticWorld(world_cfg)
+    classes = np.repeat(np.arange(world.n_classes), per_class)
+    imgs = world.render(classes, stream=4)  # stream 4: classifier training renders only
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
+    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    y = torch.from_numpy(classes)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = SmallCNN(world.n_classes)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    for epoch in range(epochs):
+        net.train()
+        for idx in torch.randperm(len(x), generator=gen).split(64):
+            loss = F.cross_entropy(net(_augment(x[idx], gen) * 2 - 1), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    held = torch.from_numpy(world.render(np.arange(world.n_classes), stream=5)).permute(0, 3, 1, 2).float() / 255
+    held = F.interpolate(held, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        acc = float((net(held * 2 - 1).argmax(1) == torch.arange(world.n_classes)).float().mean())
+
+    def fill(tmp: Path):
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp / "model.safetensors")
+        atomic_write_json(tmp / "config.json", {"n_classes": world.n_classes, "image_size": image_size,
+                                                "per_class": per_class, "epochs": epochs,
+                                                "held_out_accuracy": acc})
+
+    log.info("synthetic classifier: %d classes, held-out accuracy %.3f", world.n_classes, acc)
+    return atomic_dir(out, fill)
+
+
+def synthetic_classifier(world_cfg, image_size: int, cache_dir=None) -> ImageClassifier:
+    """The cached classifier of this world at this image size (trained on first use)."""
+    from dataclasses import asdict
+
+    from safetensors.torch import load_file
+
+    from ..data.synthetic import default_cache_dir
+
+    key = hashlib.sha1(json.dumps({"world": asdict(world_cfg), "size": image_size}, sort_keys=True).encode())
+    folder = Path(cache_dir or default_cache_dir()) / "classifiers" / f"synthetic-{key.hexdigest()[:12]}"
+    if not (folder / "model.safetensors").is_file():
+        train_synthetic_classifier(world_cfg, image_size, folder)
+    meta = json.loads((folder / "config.json").read_text())
+    net = SmallCNN(meta["n_classes"])
+    net.load_state_dict(load_file(folder / "model.safetensors"))
+    return ImageClassifier(net, image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), features=net.body)
+
+
+def load_classifier(name: str, weights: str | None = None, world_cfg=None, image_size: int = 32,
+                    cache_dir=None) -> ImageClassifier:
+    if name == "vit_h_14":
+        return vit_h_14(weights)
+    if name.startswith("timm:"):
+        return timm_classifier(name[5:], weights)
+    if name == "synthetic":
+        if world_cfg is None:
+            raise ClassifierUnavailable("the synthetic classifier needs the synthetic world's settings (samples of "
+                                        "a synthetic run carry them)")
+        return synthetic_classifier(world_cfg, image_size, cache_dir)
+    raise ValueError(f"unknown classifier {name!r}: use vit_h_14, timm:NAME or synthetic")

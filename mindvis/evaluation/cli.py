@@ -1,0 +1,71 @@
+"""``mindvis-eval``: the paper's metrics on the arrays ``mindvis-sample`` writes."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .classifiers import ClassifierUnavailable, load_classifier
+from .evaluate import PAIRWISE, evaluate, markdown_report, to_float_images, write_report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="mindvis-eval", description="Evaluate reconstructions: n-way top-k semantic "
+                                "classification and pair-wise identification (MSE, PCC, SSIM, LPIPS), FID. Writes "
+                                "eval.json and eval.md.")
+    p.add_argument("--samples", required=True, help="samples.npz from mindvis-sample (or its folder)")
+    p.add_argument("--classifier", default=None,
+                   help="vit_h_14 (the paper's), timm:NAME, or synthetic (trained on the synthetic world once). "
+                        "Default: synthetic for samples of a synthetic run, else vit_h_14")
+    p.add_argument("--classifier-weights", metavar="FILE", help="local weights for vit_h_14 / timm classifiers")
+    p.add_argument("--n-way", type=int, default=50, help="classes per n-way trial (paper: 50)")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--trials", type=int, default=50, help="random draws of distractor classes per sample")
+    p.add_argument("--metrics", nargs="+", default=["nway", *PAIRWISE, "fid"],
+                   choices=["nway", *PAIRWISE, "fid"], help="which metrics (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output folder (default: the samples' folder)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    path = Path(args.samples)
+    path = path / "samples.npz" if path.is_dir() else path
+    if not path.is_file():
+        print(f"mindvis-eval: error: {path} not found", file=sys.stderr)
+        return 2
+    with np.load(path, allow_pickle=False) as z:
+        if "ground_truth" not in z.files:
+            print(f"mindvis-eval: error: {path} has no ground_truth (samples of an fMRI file cannot be scored)",
+                  file=sys.stderr)
+            return 2
+        samples, truth = to_float_images(z["samples"]), to_float_images(z["ground_truth"])
+        meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+    world = meta.get("synthetic_world")
+    name = args.classifier or ("synthetic" if world else "vit_h_14")
+    classifier = None
+    try:
+        if "nway" in args.metrics:
+            from ..data.synthetic import SyntheticWorldConfig
+
+            classifier = load_classifier(name, args.classifier_weights, SyntheticWorldConfig(**world) if world else None,
+                                         image_size=truth.shape[-1])
+        report = evaluate(samples, truth, classifier, args.n_way, args.top_k, args.trials, args.metrics, args.seed)
+    except ClassifierUnavailable as e:
+        print(f"mindvis-eval: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"mindvis-eval: error: {e}", file=sys.stderr)
+        return 2
+    report["settings"] |= {"classifier": name, "samples_file": str(path), "sampling": meta}
+    out = Path(args.out) if args.out else path.parent
+    write_report(report, out)
+    print(markdown_report(report))
+    print(f"report: {out / 'eval.json'}, {out / 'eval.md'} ({report['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Evaluate reconstructions: the paper's n-way classification and pair-wise metrics, as a report.
+
+    report = evaluate(samples, ground_truth, classifier=load_classifier("vit_h_14"))
+    write_report(report, "runs/eval")        # eval.json + eval.md
+
+``samples`` (N, K, 3, H, W) in [0, 1]: K reconstructions per test fMRI; ``ground_truth`` (N, 3, H, W).
+Every metric that cannot run here (missing weights or packages) is skipped with the reason in the report.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from ..utils.io import atomic_write_json, atomic_write_text
+from .metrics import (frechet_distance, identification, n_way_top_k, pairwise_feature_distance, pairwise_mse,
+                      pairwise_pcc, pairwise_ssim)
+
+log = logging.getLogger("mindvis.eval")
+PAIRWISE = ("mse", "pcc", "ssim", "lpips")
+
+
+def _lpips_features():
+    """LPIPS (AlexNet) as per-layer features + the learned channel weights, or a reason it is unavailable."""
+    try:
+        import lpips
+    except ImportError:
+        return None, "the lpips package is not installed (pip install lpips)"
+    try:
+        model = lpips.LPIPS(net="alex", verbose=False).eval()
+    except Exception as e:  # noqa: BLE001 - AlexNet weights come from torchvision's cache / the network
+        return None, f"LPIPS AlexNet weights unavailable ({type(e).__name__})"
+    weights = [lin.model[-1].weight.detach().flatten() for lin in model.lins]
+
+    @torch.no_grad()
+    def feats(x):
+        return [f for f in model.net(model.scaling_layer(x * 2 - 1))]
+
+    return (feats, weights), None
+
+
+def _inception():
+    try:
+        from torchvision.models import Inception_V3_Weights, inception_v3
+
+        net = inception_v3(weights=Inception_V3_Weights.IMAGENET1K_V1).eval()
+    except Exception as e:  # noqa: BLE001
+        return None, f"Inception-v3 weights unavailable ({type(e).__name__})"
+    net.fc = torch.nn.Identity()
+    return net, None
+
+
+def _mean_std(x: torch.Tensor) -> dict:
+    return {"mean": float(x.mean()), "std": float(x.std(unbiased=False)) if x.numel() > 1 else 0.0}
+
+
+@torch.no_grad()
+def evaluate(samples: torch.Tensor, ground_truth: torch.Tensor, classifier=None, n_way: int = 50, top_k: int = 1,
+             trials: int = 50, metrics=("nway", *PAIRWISE, "fid"), seed: int = 0) -> dict:
+    """The report dict: every metric with its spread, and the settings."""
+    t0 = time.time()
+    if samples.ndim != 5 or ground_truth.ndim != 4:
+        raise ValueError(f"samples must be (N, K, 3, H, W) and ground truth (N, 3, H, W); got {tuple(samples.shape)} "
+                         f"and {tuple(ground_truth.shape)}")
+    n, k = samples.shape[:2]
+    if ground_truth.shape[0] != n:
+        raise ValueError(f"{n} sets of samples but {ground_truth.shape[0]} ground-truth images")
+    if samples.shape[-2:] != ground_truth.shape[-2:]:
+        raise ValueError(f"image sizes differ: samples {tuple(samples.shape[-2:])}, ground truth "
+                         f"{tuple(ground_truth.shape[-2:])}; resample one of them")
+    samples, ground_truth = samples.float(), ground_truth.float()
+    flat = samples.reshape(n * k, *samples.shape[2:])
+    report = {"settings": {"n_images": n, "samples_per_image": k, "n_way": n_way, "top_k": top_k, "trials": trials,
+                           "seed": seed, "image_size": list(ground_truth.shape[-2:])}, "metrics": {}, "skipped": {}}
+    gen = torch.Generator().manual_seed(seed)
+
+    if "nway" in metrics:
+        if classifier is None:
+            report["skipped"]["nway"] = "no classifier given"
+        else:
+            p_gen = classifier.probs(flat)  # (N*K, C)
+            true = classifier.probs(ground_truth).argmax(1)  # the class the classifier sees in the ground truth
+            if n_way > p_gen.shape[1]:
+                raise ValueError(f"n_way={n_way} is larger than the classifier's {p_gen.shape[1]} classes")
+            acc = n_way_top_k(p_gen, true.repeat_interleave(k), n_way, top_k, trials, gen).view(n, k)
+            name = f"{n_way}way_top{top_k}"
+            report["metrics"][f"{name}_acc"] = _mean_std(acc.mean(1)) | {"chance": top_k / n_way}
+            report["metrics"][f"{name}_acc_best_sample"] = _mean_std(acc.max(1).values)
+
+    lp, lp_reason = _lpips_features() if "lpips" in metrics else (None, None)
+    for m in PAIRWISE:
+        if m not in metrics:
+            continue
+        if m == "lpips" and lp is None:
+            report["skipped"]["lpips"] = lp_reason
+            continue
+        if n < 2:
+            report["skipped"][m] = "identification needs at least two test images"
+            continue
+        scores = []
+        if m == "lpips":
+            feats, weights = lp
+            f_gt = feats(ground_truth)
+        for s in range(k):
+            rec = samples[:, s]
+            if m == "mse":
+                sim, higher = pairwise_mse(rec, ground_truth), False
+            elif m == "pcc":
+                sim, higher = pairwise_pcc(rec, ground_truth), True
+            elif m == "ssim":
+                sim, higher = pairwise_ssim(rec, ground_truth), True
+            else:
+                sim, higher = pairwise_feature_distance(feats(rec), f_gt, weights), False
+            scores.append(identification(sim, higher))
+            report["metrics"].setdefault(f"{m}_paired", []).append(float(sim.diagonal().mean()))
+        scores = torch.stack(scores, 1)  # (N, K)
+        report["metrics"][f"{m}_identification"] = _mean_std(scores.mean(1)) | {"chance": 0.5}
+        paired = torch.tensor(report["metrics"].pop(f"{m}_paired"))
+        report["metrics"][f"{m}"] = _mean_std(paired)
+
+    if "fid" in metrics:
+        net, reason = _inception()
+        if net is None:
+            report["skipped"]["fid"] = reason
+        else:
+            from .classifiers import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier
+
+            inc = ImageClassifier(net, 299, IMAGENET_MEAN, IMAGENET_STD)
+            report["metrics"]["fid"] = {"value": frechet_distance(inc.features(flat), inc.features(ground_truth))}
+    report["seconds"] = round(time.time() - t0, 2)
+    return report
+
+
+def markdown_report(report: dict, title: str = "Reconstruction evaluation") -> str:
+    s = report["settings"]
+    lines = [f"# {title}", "",
+             f"{s['n_images']} test images x {s['samples_per_image']} samples, {s['image_size'][0]} px; "
+             f"n-way: n = {s['n_way']}, top-{s['top_k']}, {s['trials']} trials, seed {s['seed']}.", "",
+             "| metric | mean | std | chance |", "|---|---|---|---|"]
+    for name, v in report["metrics"].items():
+        if "mean" in v:
+            lines.append(f"| {name} | {v['mean']:.4f} | {v['std']:.4f} | {v.get('chance', '')} |")
+        else:
+            lines.append(f"| {name} | {v['value']:.4f} | | |")
+    if report["skipped"]:
+        lines += ["", "Skipped:"] + [f"- {k}: {v}" for k, v in report["skipped"].items()]
+    lines += ["", "Identification: fraction of other ground-truth images the reconstruction is further from than its "
+              "own (1 = perfect, 0.5 = chance); mean over images of the mean over samples. `*_acc` is the mean over "
+              "samples, `*_acc_best_sample` the best sample per image (both as in the MinD-Vis code)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, folder, title: str = "Reconstruction evaluation") -> None:
+    from pathlib import Path
+
+    folder = Path(folder)
+    atomic_write_json(folder / "eval.json", report)
+    atomic_write_text(folder / "eval.md", markdown_report(report, title))
+
+
+def to_float_images(x: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [0, 1]."""
+    t = torch.from_numpy(np.asarray(x)).float() / 255
+    return t.movedim(-1, -3)

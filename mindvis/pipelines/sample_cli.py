@@ -1,0 +1,154 @@
+"""``mindvis-sample``: reconstruction grids and sample arrays from a trained DC-LDM."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..compat.ldm import PriorFormatError
+from ..config import ConfigError
+from ..data.fmri import DataError
+from ..utils.io import atomic_write, atomic_write_json
+from ..utils.plots import save_image_grid
+from .mindvis_pipeline import SCHEDULERS, MindVisPipeline
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A DC-LDM folder: the given one, or a run folder's ``best/`` (validation-selected), else its ``model/``."""
+    p = Path(path)
+    for candidate in (p, p / "best", p / "model"):
+        if (candidate / "mindvis_dcldm.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"{p} is neither a DC-LDM folder (mindvis_dcldm.json, unet/, vae/, conditioner/, "
+                            "scheduler/) nor a mindvis-finetune run folder with best/ or model/")
+
+
+def read_fmri_file(path: str | Path) -> np.ndarray:
+    """(N, V) fMRI from .npy, .npz (key 'fmri' or the only array) or .h5/.hdf5 (dataset 'fmri')."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"fMRI file not found: {path}")
+    if path.suffix == ".npy":
+        x = np.load(path, allow_pickle=False)
+    elif path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            if "fmri" not in z.files and len(z.files) != 1:
+                raise DataError(f"{path}: no 'fmri' key among {z.files}")
+            x = z["fmri"] if "fmri" in z.files else z[z.files[0]]
+    elif path.suffix in (".h5", ".hdf5"):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if "fmri" not in f:
+                raise DataError(f"{path}: no dataset 'fmri' (has {list(f)})")
+            x = f["fmri"][()]
+    else:
+        raise DataError(f"{path}: unsupported fMRI file type {path.suffix!r} (.npy, .npz, .h5)")
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 2:
+        raise DataError(f"{path}: fMRI must be (samples, voxels), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise DataError(f"{path}: fMRI holds NaN/Inf")
+    return x
+
+
+def split_from_run(model_dir: Path, split: str):
+    """The ``split`` pairs of the run that trained ``model_dir``, prepared as in training."""
+    from omegaconf import OmegaConf
+
+    from ..config import build_config
+    from ..finetune.config import FinetuneConfig
+    from ..finetune.data import build_stage_b_data
+
+    cfg_path = model_dir.parent / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} is missing: --split needs the run folder's config (or use --fmri FILE)")
+    cfg = build_config(FinetuneConfig, cfg_path)
+    enc = json.loads((model_dir / "conditioner" / "config.json").read_text())["encoder"]
+    data = build_stage_b_data(cfg.data, enc["patch_size"], cfg.train.seed)
+    world = OmegaConf.to_container(cfg.data.synthetic) if cfg.data.dataset == "synthetic" else None
+    return {"test": data.test, "val": data.val, "train": data.train}[split], world
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="mindvis-sample", description="Reconstruct images from fMRI with a trained DC-LDM: "
+                                "the paper's grid (ground truth first, then the samples), one PNG per image, and an "
+                                "array file for mindvis-eval.")
+    p.add_argument("--model", required=True, help="a mindvis-finetune run folder (uses best/) or a DC-LDM folder")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--split", choices=["test", "val", "train"], default="test",
+                     help="pairs of the run's dataset, prepared as in training (default: test)")
+    src.add_argument("--fmri", metavar="FILE", help="fMRI to decode instead: .npy/.npz/.h5, (N, voxels)")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="plms", help="sampler (default: plms, as the paper)")
+    p.add_argument("--steps", type=int, default=250, help="denoising steps (paper: 250 PLMS)")
+    p.add_argument("--num-samples", type=int, default=5, help="images per fMRI (paper: 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
+    p.add_argument("--batch-size", type=int, default=16, help="images denoised at once")
+    p.add_argument("--limit", type=int, default=None, help="decode only the first N fMRI samples")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    args = p.parse_args(argv)
+    try:
+        model_dir = resolve_model_dir(args.model)
+        pipe = MindVisPipeline.from_pretrained(model_dir, args.device)
+        world, truth, ids, labels, datasets = None, None, None, None, None
+        if args.fmri:
+            fmri = read_fmri_file(args.fmri)
+            n_vox = pipe.model.conditioner.mae.config.num_voxels
+            if fmri.shape[1] != n_vox:
+                raise DataError(f"{args.fmri}: {fmri.shape[1]} voxels, the model takes {n_vox}")
+            ids = [str(i) for i in range(len(fmri))]
+        else:
+            split, world = split_from_run(model_dir, args.split)
+            from ..data.pairs import PairedDataset
+
+            ds = PairedDataset(split, pipe.model.image_size, train=False)
+            fmri = split.fmri
+            truth = np.stack([((ds.image_tensor(i, False) + 1) * 127.5).round().clamp(0, 255).byte()
+                              .permute(1, 2, 0).numpy() for i in range(len(split))])
+            ids, labels, datasets = split.ids, split.labels, split.dataset
+        n = min(len(fmri), args.limit or len(fmri))
+        t0 = time.time()
+        images = pipe(torch.from_numpy(fmri[:n]), num_samples=args.num_samples, num_inference_steps=args.steps,
+                      scheduler=args.scheduler, seed=args.seed, batch_size=args.batch_size, progress=True)
+        seconds = time.time() - t0
+        samples = (images.permute(0, 1, 3, 4, 2).numpy() * 255).round().astype(np.uint8)  # (N, K, H, W, 3)
+    except (DataError, FileNotFoundError, ConfigError, PriorFormatError) as e:
+        print(f"mindvis-sample: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    rows = []
+    for i in range(n):
+        row = ([truth[i]] if truth is not None else []) + list(samples[i])
+        rows.append(np.stack(row))
+        if truth is not None:
+            Image.fromarray(truth[i]).save(out / "images" / f"{i:04d}_gt.png")
+        for k, img in enumerate(samples[i]):
+            Image.fromarray(img).save(out / "images" / f"{i:04d}_s{k}.png")
+    save_image_grid(out / "grid.png", rows)
+    arrays = {"samples": samples, "ids": np.array(ids[:n])}
+    if truth is not None:
+        arrays |= {"ground_truth": truth[:n], "labels": np.asarray(labels[:n]), "dataset": np.array(datasets[:n])}
+    meta = {"model": str(model_dir), "scheduler": args.scheduler, "steps": args.steps, "num_samples": args.num_samples,
+            "seed": args.seed, "split": None if args.fmri else args.split, "fmri_file": args.fmri,
+            "synthetic_world": world, "seconds": round(seconds, 2), "seconds_per_image": round(seconds / (n * args.num_samples), 4)}
+    arrays["meta"] = np.array(json.dumps(meta))
+    atomic_write(out / "samples.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+    atomic_write_json(out / "sample_config.json", meta)
+    print(f"{n} x {args.num_samples} samples in {seconds:.1f} s ({meta['seconds_per_image']} s/image); "
+          f"grid: {out / 'grid.png'}; arrays: {out / 'samples.npz'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
