@@ -44,6 +44,24 @@ def tiny_world(cache_dir):
     return root
 
 
+#: A tiny stage B (random encoder, 2 sampling steps), for engine and evaluation tests.
+TINY_FINETUNE = ["model.encoder=random", "train.batch_size=4", "train.grid_samples=2", "train.num_samples=1",
+                 "train.sample_steps=2", "train.val_every=2", "train.checkpoint_every=2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_prior(tmp_path_factory, tiny_world):
+    """A prior trained for one epoch of each part on the tiny world at 16 px (seconds)."""
+    from mindvis.data.synthetic import SyntheticWorldConfig
+    from mindvis.finetune.config import PriorConfig
+    from mindvis.finetune.prior import train_prior
+
+    cfg = PriorConfig(image_size=16, images_per_class=2, vq_channels=[32, 32, 32], unet_channels=[32, 32],
+                      context_dim=32, vq_epochs=1, ldm_epochs=1, batch_size=8,
+                      synthetic=SyntheticWorldConfig(**TINY_WORLD))
+    return train_prior(cfg, tmp_path_factory.mktemp("prior") / "prior")
+
+
 @pytest.fixture(scope="session")
 def reference():
     return dict(np.load(FIXTURES / "reference_outputs.npz"))

@@ -3,37 +3,23 @@ import json
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from mindvis.config import build_config
 from mindvis.configs import preset_path
 from mindvis.data.fmri import DataError
-from mindvis.data.synthetic import SyntheticWorldConfig
 from mindvis.finetune import engine
 from mindvis.finetune.cli import main
-from mindvis.finetune.config import FinetuneConfig, PriorConfig
-from mindvis.finetune.prior import train_prior
+from mindvis.finetune.config import FinetuneConfig
 from mindvis.models.conditioner import ConditionerConfig, FMRIConditioner
 from mindvis.models.dc_ldm import DCLDM
 from mindvis.models.sc_mbm import mbm_config
 
-from .conftest import FIXTURES, TINY_WORLD, world_overrides
-
-
-@pytest.fixture(scope="module")
-def tiny_prior(tmp_path_factory, tiny_world):
-    cfg = PriorConfig(image_size=16, images_per_class=2, vq_channels=[32, 32, 32], unet_channels=[32, 32],
-                      context_dim=32, vq_epochs=1, ldm_epochs=1, batch_size=8,
-                      synthetic=SyntheticWorldConfig(**TINY_WORLD))
-    return train_prior(cfg, tmp_path_factory.mktemp("prior") / "prior")
+from .conftest import FIXTURES, TINY_FINETUNE, world_overrides
 
 
 def make_cfg(cache_dir, out, prior, *extra):
-    over = [o.replace("data.synthetic", "data.synthetic") for o in world_overrides(cache_dir)]
     return build_config(FinetuneConfig, preset_path("finetune", "synthetic"),
-                        over + [f"model.prior={prior}", "model.encoder=random", f"output_dir={out}",
-                                "train.batch_size=4", "train.grid_samples=2", "train.num_samples=1",
-                                "train.sample_steps=2", "train.val_every=2", "train.checkpoint_every=2", *extra])
+                        world_overrides(cache_dir) + TINY_FINETUNE + [f"model.prior={prior}", f"output_dir={out}", *extra])
 
 
 def test_conditioner_shapes():

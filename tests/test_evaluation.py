@@ -1,0 +1,129 @@
+"""Metrics against hand-computable cases, the sampling CLI and the evaluation CLI on the synthetic world."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mindvis.config import build_config
+from mindvis.configs import preset_path
+from mindvis.evaluation import evaluate
+from mindvis.evaluation.cli import main as eval_main
+from mindvis.evaluation.metrics import (frechet_distance, identification, n_way_top_k, pairwise_mse, pairwise_pcc,
+                                        pairwise_ssim)
+from mindvis.finetune import engine
+from mindvis.finetune.config import FinetuneConfig
+from mindvis.pipelines.sample_cli import main as sample_main
+
+from .conftest import TINY_FINETUNE, world_overrides
+
+
+def test_n_way_perfect_random_and_bounds():
+    g = torch.Generator().manual_seed(0)
+    true = torch.randint(0, 100, (400,), generator=g)
+    perfect = torch.nn.functional.one_hot(true, 100).float()
+    assert torch.all(n_way_top_k(perfect, true, 50, 1, 20, g) == 1)
+    random = torch.rand(400, 100, generator=g).softmax(-1)
+    acc = n_way_top_k(random, true, 50, 1, 50, g).mean().item()
+    assert abs(acc - 1 / 50) < 0.01  # chance
+    assert abs(n_way_top_k(random, true, 10, 5, 50, g).mean().item() - 0.5) < 0.05  # top-5 of 10
+    with pytest.raises(ValueError, match="larger than the number of classes"):
+        n_way_top_k(random, true, 101)
+
+
+def test_identification_identical_and_shuffled():
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(40, 3, 16, 16, generator=g)
+    for sim, higher in ((pairwise_mse(gt, gt), False), (pairwise_pcc(gt, gt), True), (pairwise_ssim(gt, gt), True)):
+        assert torch.all(identification(sim, higher) == 1.0)
+    shuffled = gt[torch.randperm(40, generator=g)]
+    assert abs(identification(pairwise_pcc(shuffled, gt)).mean().item() - 0.5) < 0.1
+    # a hand-checked 3 x 3 case: reconstruction 0 beats both others, 1 beats one, 2 none
+    s = torch.tensor([[0.9, 0.1, 0.2], [0.5, 0.6, 0.7], [0.9, 0.8, 0.1]])
+    assert identification(s).tolist() == [1.0, 0.5, 0.0]
+
+
+def test_pairwise_matrices_equal_direct_computation():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.rand(4, 3, 12, 12, generator=g), torch.rand(5, 3, 12, 12, generator=g)
+    mse = pairwise_mse(a, b)
+    assert torch.allclose(mse[1, 3], ((a[1] - b[3]) ** 2).mean(), atol=1e-6)
+    pcc = pairwise_pcc(a, b)
+    assert torch.allclose(pcc[2, 0], torch.corrcoef(torch.stack([a[2].flatten(), b[0].flatten()]))[0, 1], atol=1e-5)
+    ssim = pairwise_ssim(a, b)
+    single = pairwise_ssim(a[3:4], b[2:3])[0, 0]
+    assert ssim.shape == (4, 5) and torch.allclose(ssim[3, 2], single) and torch.allclose(pairwise_ssim(a, a).diag(),
+                                                                                          torch.ones(4))
+
+
+def test_frechet_distance():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 4, generator=g)
+    assert frechet_distance(x, x) < 1e-6
+    assert abs(frechet_distance(x, x + 1.0) - 4.0) < 1e-3  # mean shifted by 1 in 4 dimensions
+
+
+def test_evaluate_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="image sizes differ"):
+        evaluate(torch.rand(3, 2, 3, 16, 16), torch.rand(3, 3, 8, 8), metrics=("mse",))
+    with pytest.raises(ValueError, match="3 sets of samples but 2"):
+        evaluate(torch.rand(3, 2, 3, 8, 8), torch.rand(2, 3, 8, 8), metrics=("mse",))
+
+
+def test_perfect_reconstructions_score_one():
+    gt = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    report = evaluate(gt[:, None].repeat(1, 2, 1, 1, 1), gt, metrics=("mse", "pcc", "ssim", "lpips"))
+    for m in ("mse", "pcc", "ssim"):
+        assert report["metrics"][f"{m}_identification"]["mean"] == 1.0
+    assert "lpips" in report["skipped"] or "lpips_identification" in report["metrics"]
+
+
+@pytest.fixture(scope="module")
+def finetuned(cache_dir, tiny_prior, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft")
+    cfg = build_config(FinetuneConfig, preset_path("finetune", "synthetic"),
+                       world_overrides(cache_dir) + TINY_FINETUNE + [f"model.prior={tiny_prior}", f"output_dir={out}",
+                                                                     "train.epochs=2"])
+    engine.finetune(cfg, run_name="run")
+    return out / "run"
+
+
+def test_sample_and_eval_commands_on_the_synthetic_world(finetuned, tmp_path):
+    out = tmp_path / "samples"
+    assert sample_main(["--model", str(finetuned), "--steps", "2", "--num-samples", "2", "--scheduler", "dpm++",
+                        "--out", str(out)]) == 0
+    with np.load(out / "samples.npz") as z:
+        samples, truth = z["samples"], z["ground_truth"]
+        meta = json.loads(str(z["meta"]))
+    assert samples.shape[:2] == (4, 2) and samples.shape[2:] == truth.shape[1:] == (16, 16, 3)
+    assert (out / "grid.png").is_file() and (out / "images" / "0003_s1.png").is_file()
+    assert meta["synthetic_world"]["n_train_classes"] == 6
+    assert eval_main(["--samples", str(out), "--n-way", "5", "--trials", "10"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["settings"]["classifier"] == "synthetic"
+    assert 0 <= report["metrics"]["5way_top1_acc"]["mean"] <= 1
+    assert (out / "eval.md").read_text().startswith("# Reconstruction evaluation")
+    assert eval_main(["--samples", str(out), "--n-way", "50"]) == 2  # more than the world's 10 classes
+    # the same seed gives the same samples, whatever the batch size
+    assert sample_main(["--model", str(finetuned), "--steps", "2", "--num-samples", "2", "--scheduler", "dpm++",
+                        "--batch-size", "3", "--out", str(tmp_path / "again")]) == 0
+    with np.load(tmp_path / "again" / "samples.npz") as z:
+        assert np.array_equal(z["samples"], samples)
+
+
+def test_sample_from_an_fmri_file_and_bad_inputs(finetuned, tmp_path, capsys):
+    voxels = json.loads((finetuned / "best" / "conditioner" / "config.json").read_text())["encoder"]["num_voxels"]
+    np.save(tmp_path / "f.npy", np.random.default_rng(0).normal(size=(3, voxels)).astype(np.float32))
+    assert sample_main(["--model", str(finetuned / "best"), "--fmri", str(tmp_path / "f.npy"), "--steps", "2",
+                        "--num-samples", "1", "--scheduler", "ddim", "--out", str(tmp_path / "o")]) == 0
+    with np.load(tmp_path / "o" / "samples.npz") as z:
+        assert z["samples"].shape[:2] == (3, 1) and "ground_truth" not in z.files
+    np.save(tmp_path / "bad.npy", np.zeros((2, voxels + 16), np.float32))
+    assert sample_main(["--model", str(finetuned), "--fmri", str(tmp_path / "bad.npy"), "--out", str(tmp_path)]) == 2
+    assert f"takes {voxels}" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    shutil.copytree(finetuned / "best", broken)
+    shutil.rmtree(broken / "vae")
+    assert sample_main(["--model", str(broken), "--out", str(tmp_path)]) == 2
+    assert "missing ['vae']" in capsys.readouterr().err
