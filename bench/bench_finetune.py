@@ -35,7 +35,7 @@ def build(kind: str):
         from diffusers import UNet2DConditionModel
 
         vae, unet, _ = build_prior_models(PriorConfig(), 100)
-        unet = UNet2DConditionModel.from_config({**unet.config, "class_embed_type": "identity"})
+        unet = UNet2DConditionModel.from_config(unet.config, class_embed_type="identity")
         sched, enc, batch, size = dict(LDM_SCHEDULE), mbm_config("tiny", 1072), 16, 32
     cond = FMRIConditioner(ConditionerConfig(encoder=enc.__dict__, context_dim=unet.config.cross_attention_dim,
                                              time_embed_dim=unet.time_embedding.linear_2.out_features))

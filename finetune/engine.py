@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from mindvis.models.priors import load_prior
 from mindvis.models.sc_mbm import FMRIEncoder, MBMConfig, mbm_config
 from mindvis.pipelines import MindVisPipeline
 from mindvis.training import (STATE_NAME, EpochShuffleSampler, check_finite_loss, latest_checkpoint,
-                              load_training_state, save_training_state, seed_epoch, setup_logging, write_checkpoint)
+                              load_training_state, save_training_state, seed_epoch, start_run, write_checkpoint)
 from mindvis.utils.io import atomic_dir, atomic_write_json
 from mindvis.utils.plots import plot_loss_curves, save_image_grid
 
@@ -119,21 +118,9 @@ def sample_grid(path: Path, model: DCLDM, split: PairedSplit, image_size: int, c
 
 def finetune(cfg: DictConfig, resume: str | Path | None = None, run_name: str | None = None) -> dict:
     """Fine-tune as ``cfg`` says; returns the summary (validation-selected model, test metrics)."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
     t0 = time.time()
     tc = cfg.train
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.accum_iter,
-                              log_with=None if tc.tracker == "none" else tc.tracker,
-                              project_dir=str(Path(resume or cfg.output_dir)))
-    main = accelerator.is_main_process
-    run_dir = Path(resume) if resume else Path(cfg.output_dir) / (run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    setup_logging("mindvis.finetune", run_dir, main)
-    set_seed(tc.seed)
+    accelerator, run_dir, main = start_run(tc, cfg.output_dir, resume, run_name, "mindvis.finetune")
 
     enc_cfg, enc_weights = load_encoder(cfg)
     data = build_stage_b_data(cfg.data, enc_cfg.patch_size, tc.seed)

@@ -113,3 +113,27 @@ def setup_logging(name: str, run_dir: Path, main: bool) -> logging.Logger:
         h.setFormatter(fmt)
         log.addHandler(h)
     return log
+
+
+def start_run(train_cfg, output_dir: str, resume: str | Path | None, run_name: str | None, logger: str):
+    """An accelerate ``Accelerator`` for ``train_cfg`` and the run folder (new, or ``resume``), with logging set up.
+
+    Returns (accelerator, run_dir, is_main_process).
+    """
+    from datetime import datetime
+
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    tc = train_cfg
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.accum_iter,
+                              log_with=None if tc.tracker == "none" else tc.tracker,
+                              project_dir=str(Path(resume or output_dir)))
+    main = accelerator.is_main_process
+    run_dir = Path(resume) if resume else Path(output_dir) / (run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    setup_logging(logger, run_dir, main)
+    set_seed(tc.seed)
+    return accelerator, run_dir, main

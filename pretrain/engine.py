@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
-from datetime import datetime
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from mindvis.config import save_config, to_plain
 from mindvis.models.sc_mbm import MaskedBrainModel, MBMConfig
 from mindvis.training import (CHECKPOINTS, STATE_NAME, EpochShuffleSampler, NonFiniteLossError, check_finite_loss,
                               decay_groups, latest_checkpoint, load_training_state, lr_at, save_training_state,
-                              seed_epoch, setup_logging, write_checkpoint)
+                              seed_epoch, start_run, write_checkpoint)
 from mindvis.utils.io import atomic_write_json, atomic_write_text
 from mindvis.utils.plots import plot_fmri_reconstructions, plot_loss_curves
 
@@ -46,38 +45,25 @@ def load_mbm(path: str | Path) -> MaskedBrainModel:
                             "config.json + model.safetensors, or a mindvis-pretrain run folder")
 
 
+#: SC-MBM architecture fields shared by the run config's ``model`` section and :class:`MBMConfig`.
+ARCH_FIELDS = tuple(f.name for f in fields(MBMConfig) if f.name != "num_voxels")
+
+
 def _make_model(cfg: DictConfig, num_voxels: int, init: MaskedBrainModel | None) -> MaskedBrainModel:
     if init is not None:
         return init
-    m = cfg.model
-    return MaskedBrainModel(MBMConfig(num_voxels=num_voxels, patch_size=m.patch_size, embed_dim=m.embed_dim,
-                                      depth=m.depth, num_heads=m.num_heads, decoder_embed_dim=m.decoder_embed_dim,
-                                      decoder_depth=m.decoder_depth, decoder_num_heads=m.decoder_num_heads,
-                                      mlp_ratio=m.mlp_ratio))
+    return MaskedBrainModel(MBMConfig(num_voxels=num_voxels, **{k: cfg.model[k] for k in ARCH_FIELDS}))
 
 
 def pretrain(cfg: DictConfig, resume: str | Path | None = None, run_name: str | None = None) -> dict:
     """Train an SC-MBM as ``cfg`` says; returns the held-out summary. ``resume``: a run folder."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
     t0 = time.time()
     tc = cfg.train
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.accum_iter,
-                              log_with=None if tc.tracker == "none" else tc.tracker,
-                              project_dir=str(Path(resume or cfg.output_dir)))
-    main = accelerator.is_main_process
-    run_dir = Path(resume) if resume else Path(cfg.output_dir) / (run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    setup_logging("mindvis.pretrain", run_dir, main)
-    set_seed(tc.seed)
+    accelerator, run_dir, main = start_run(tc, cfg.output_dir, resume, run_name, "mindvis.pretrain")
 
     init = load_mbm(cfg.init) if cfg.init else None
     if init is not None:  # the architecture is the checkpoint's
-        for k in ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
-                  "decoder_num_heads", "mlp_ratio"):
+        for k in ARCH_FIELDS:
             cfg.model[k] = getattr(init.config, k)
     bar = (lambda it, **kw: tqdm(it, **kw)) if main else None
     data = build_stage_a_data(cfg.data, cfg.model.patch_size, tc.seed,
