@@ -54,10 +54,10 @@ class TrainConfig:
     seed: int = 2022
     unet: str = "cross_attention"  # what of the UNet trains: cross_attention (paper) | all | none
     train_encoder: bool = True
-    val_every: int = 10  # epochs between validations (loss, grid); the best checkpoint is kept
+    val_every: int = 10  # epochs between validations (loss, grid, identification); the best model is kept
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
-    select_metric: str = "val_loss"  # lower is better
+    select_metric: str = "val_loss"  # val_loss[_<dataset>] (lower better) | val_pcc_identification (grid samples)
     grid_samples: int = 4  # validation fMRI drawn in the grid
     num_samples: int = 2  # images per fMRI in grids
     sample_steps: int = 25

@@ -18,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mindvis.config import save_config, to_plain
+from mindvis.config import ConfigError, save_config, to_plain
 from mindvis.data.fmri import DataError
 from mindvis.data.pairs import PairedDataset, PairedSplit
+from mindvis.evaluation.metrics import identification, pairwise_pcc
 from mindvis.models.conditioner import ConditionerConfig, FMRIConditioner
 from mindvis.models.dc_ldm import DCLDM
 from mindvis.models.priors import load_prior
@@ -104,8 +105,9 @@ def evaluate_loss(model: DCLDM, split: PairedSplit, image_size: int, seed: int, 
 
 
 def sample_grid(path: Path, model: DCLDM, split: PairedSplit, image_size: int, cfg: DictConfig,
-                indices: np.ndarray) -> np.ndarray:
-    """Reconstruct ``indices`` of ``split`` and write the grid (ground truth first); returns the samples."""
+                indices: np.ndarray) -> float | None:
+    """Reconstruct ``indices`` of ``split`` and write the grid (ground truth first); returns the pixel-correlation
+    identification of the samples (None with fewer than two images)."""
     ds = PairedDataset(split, image_size, train=False)
     fmri = torch.stack([ds[int(i)]["fmri"] for i in indices])
     truth = torch.stack([(ds.image_tensor(int(i), False) + 1) / 2 for i in indices])
@@ -113,13 +115,19 @@ def sample_grid(path: Path, model: DCLDM, split: PairedSplit, image_size: int, c
                                      scheduler=cfg.train.sampler, seed=cfg.train.seed)
     rows = [np.concatenate([t[None], s]).transpose(0, 2, 3, 1) for t, s in zip(truth.numpy(), samples.numpy())]
     save_image_grid(path, rows)
-    return samples.numpy()
+    if len(indices) < 2:
+        return None
+    return float(torch.stack([identification(pairwise_pcc(samples[:, k], truth))
+                              for k in range(samples.shape[1])]).mean())
 
 
 def finetune(cfg: DictConfig, resume: str | Path | None = None, run_name: str | None = None) -> dict:
     """Fine-tune as ``cfg`` says; returns the summary (validation-selected model, test metrics)."""
     t0 = time.time()
     tc = cfg.train
+    if not (tc.select_metric.startswith("val_loss") or tc.select_metric == "val_pcc_identification"):
+        raise ConfigError(f"train.select_metric must be val_loss, val_loss_<dataset> or val_pcc_identification, "
+                          f"got {tc.select_metric!r}")
     accelerator, run_dir, main = start_run(tc, cfg.output_dir, resume, run_name, "mindvis.finetune")
 
     enc_cfg, enc_weights = load_encoder(cfg)
@@ -180,14 +188,18 @@ def finetune(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
         if main and len(data.val) and ((epoch + 1) % tc.val_every == 0 or last):
             val = evaluate_loss(raw, data.val, image_size, tc.seed, tc.batch_size, accelerator.device)
             entry |= {f"val_{k}": v for k, v in val.items()}
-            sample_grid(run_dir / "validation" / f"epoch-{epoch + 1:04d}.png", raw, data.val, image_size, cfg, grid_idx)
+            pcc_id = sample_grid(run_dir / "validation" / f"epoch-{epoch + 1:04d}.png", raw, data.val, image_size,
+                                 cfg, grid_idx)
+            if pcc_id is not None:
+                entry["val_pcc_identification"] = pcc_id
             metric = entry.get(tc.select_metric)
             if metric is None:
                 raise KeyError(f"train.select_metric {tc.select_metric!r} is not logged; have {sorted(entry)}")
+            metric = metric if tc.select_metric.startswith("val_loss") else -metric  # stored as lower-is-better
             if metric < best["metric"]:
                 best = {"metric": float(metric), "epoch": epoch + 1}
                 atomic_dir(run_dir / "best", lambda tmp: raw.save_pretrained(tmp))
-                log.info("new best %s %.4f at epoch %d", tc.select_metric, metric, epoch + 1)
+                log.info("new best %s %.4f at epoch %d", tc.select_metric, abs(metric), epoch + 1)
         history.append(entry)
         log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4f}" for k, v in entry.items()
                                                         if k not in ("epoch", "time_s")))
@@ -214,7 +226,7 @@ def finetune(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
         idx = np.arange(min(tc.grid_samples, len(data.test)))
         sample_grid(run_dir / "test_grid.png", selected, data.test, image_size, cfg, idx)
         summary = {"selected_epoch": best["epoch"], "select_metric": tc.select_metric,
-                   "selected_value": best["metric"], "test": test, "data": data.description,
+                   "selected_value": abs(best["metric"]), "test": test, "data": data.description,
                    "num_voxels": data.num_voxels, "epochs": tc.epochs, "seconds": round(time.time() - t0, 1),
                    "first_loss": history[0]["loss"] if history else None,
                    "last_loss": history[-1]["loss"] if history else None}

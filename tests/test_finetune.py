@@ -82,6 +82,8 @@ def test_finetune_run_writes_checkpoints_grids_and_selects_on_validation(cache_d
               "model/unet/config.json", "checkpoints/latest", "checkpoints/epoch-0004/training_state.pt"):
         assert (run / f).exists(), f
     assert summary["select_metric"] == "val_loss" and summary["selected_epoch"] in (2, 4)
+    history = json.loads((run / "summary.json").read_text())
+    assert history["selected_value"] > 0
     assert "loss_synthetic" not in summary["test"] and "loss_god" in summary["test"]
     after = engine.evaluate_loss(DCLDM.from_pretrained(run / "model"), data.train, 16, 0, 8, "cpu")["loss"]
     assert after < before  # the same noise and timesteps: the fitted model predicts them better
@@ -118,6 +120,15 @@ def test_stage_a_encoder_with_other_voxel_count(cache_dir, tmp_path, tiny_prior)
         engine.build_model(cfg, 176, enc_cfg, weights)
     with pytest.raises(DataError, match="cannot take 170 voxels"):
         engine.build_model(cfg, 170, enc_cfg, weights)
+
+
+def test_selection_on_validation_identification(cache_dir, tmp_path, tiny_prior):
+    cfg = make_cfg(cache_dir, tmp_path, tiny_prior, "train.epochs=2", "train.select_metric=val_pcc_identification")
+    summary = engine.finetune(cfg, run_name="pcc")
+    assert summary["select_metric"] == "val_pcc_identification" and 0 <= summary["selected_value"] <= 1
+    cfg = make_cfg(cache_dir, tmp_path, tiny_prior, "train.select_metric=test_loss")
+    with pytest.raises(Exception, match="select_metric must be"):
+        engine.finetune(cfg, run_name="bad")
 
 
 def test_cli_errors(cache_dir, tmp_path, tiny_prior, capsys):
