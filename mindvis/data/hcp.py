@@ -44,25 +44,32 @@ def hcp_subjects(root: str | os.PathLike, subjects: list[str] | None = None) -> 
 
 
 def load_hcp_rois(path: str | os.PathLike, roi: str = "VC") -> np.ndarray:
-    """(frames, voxels) float32 of one subject's npz: one ROI, or ``VC`` = V1..V4 concatenated."""
+    """(frames, voxels) float32 of one subject's npz: one ROI, or ``VC`` = V1..V4 concatenated.
+
+    Per-ROI ``V1.npy`` ... beside the npz (written by ``mindvis-prep hcp``) are read memory-mapped instead.
+    """
     path = Path(path)
     names = HCP_ROIS if roi == "VC" else (roi,)
-    try:
-        with np.load(path) as npz:
-            missing = [k for k in names if k not in npz.files]
-            if missing:
-                raise DataError(f"{path}: missing ROI key(s) {missing}; the file has {sorted(npz.files)}")
-            parts = [np.asarray(npz[k], dtype=np.float32) for k in names]
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"{path}: not a readable npz file ({e})") from e
+    npys = [path.parent / f"{k}.npy" for k in names]
+    if all(p.is_file() for p in npys):
+        parts = [np.load(p, mmap_mode="r") for p in npys]
+    else:
+        try:
+            with np.load(path) as npz:
+                missing = [k for k in names if k not in npz.files]
+                if missing:
+                    raise DataError(f"{path}: missing ROI key(s) {missing}; the file has {sorted(npz.files)}")
+                parts = [np.asarray(npz[k], dtype=np.float32) for k in names]
+        except (zipfile.BadZipFile, ValueError, OSError) as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{path}: not a readable npz file ({e})") from e
     for k, p in zip(names, parts):
         if p.ndim != 2:
             raise DataError(f"{path}: ROI {k} has shape {p.shape}, expected (frames, voxels)")
     if len({p.shape[0] for p in parts}) > 1:
         raise DataError(f"{path}: ROIs have different frame counts {[p.shape[0] for p in parts]}")
-    x = np.concatenate(parts, axis=1)
+    x = np.concatenate([np.asarray(p, dtype=np.float32) for p in parts], axis=1)
     check_finite(x, f"{path} ({roi})")
     return x
 

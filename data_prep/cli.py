@@ -1,0 +1,97 @@
+"""``mindvis-prep``: public raw releases -> model-ready files (HCP for stage A, GOD and BOLD5000 for stage B).
+
+Every preparation streams with bounded memory, shows progress, skips finished subjects (each is written
+under a temporary name and renamed), and writes ``meta.json`` (sources, ROI sizes, voxel counts,
+statistics, versions).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from mindvis.data.fmri import DataError
+
+
+def _atlas_values(items: list[str] | None) -> dict[str, list[int]]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise DataError(f"--atlas-labels takes ROI=value[,value...], got {item!r}")
+        roi, vals = item.split("=", 1)
+        out[roi] = [int(v) for v in vals.split(",")]
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mindvis-prep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="dataset", required=True)
+    h = sub.add_parser("hcp", help="HCP-1200 CIFTI-2 resting state -> <out>/<subject>/HCP_visual_voxel.npz")
+    h.add_argument("--input", required=True, help="HCP-1200 root with one folder per subject")
+    h.add_argument("--labels", help="HCP-MMP1.0 parcellation as a CIFTI-2 dlabel file on the same surfaces")
+    h.add_argument("--pattern", default=None, help="glob of a subject's runs relative to its folder "
+                   "(default: MNINonLinear/Results/rfMRI_REST*/rfMRI_REST*_Atlas_MSMAll.dtseries.nii)")
+    h.add_argument("--subjects", nargs="*", help="only these subjects (default: every folder)")
+    h.add_argument("--atlas", help="volumetric input: an integer atlas NIfTI on the runs' grid (with --atlas-labels)")
+    h.add_argument("--atlas-labels", nargs="*", metavar="ROI=v[,v]", help="atlas values of V1..V4, e.g. V1=1,2")
+    h.add_argument("--out", required=True, help="output folder (then: mindvis-pretrain --data hcp --data-path OUT)")
+    g = sub.add_parser("god", help="GOD BData HDF5 + ImageNet images -> the MinD-Vis GOD layout")
+    g.add_argument("--h5", nargs="+", required=True, help="per-subject HDF5 files (Subject1.h5 ...), in subject order")
+    g.add_argument("--images", required=True, help="folder with the stimulus images (n01518878_5958.JPEG ...)")
+    g.add_argument("--class-index", help="imagenet_class_index.json for ImageNet class labels")
+    g.add_argument("--out", required=True, help="output folder (then: mindvis-finetune --dataset god --data-path OUT)")
+    b = sub.add_parser("bold5000", help="BOLD5000 GLMsingle NIfTI betas + ROI masks -> ROI-betas layout")
+    b.add_argument("--betas", nargs="+", required=True, metavar="SUB=GLOB",
+                   help="per subject, a glob of its session beta files, e.g. CSI1='CSI1/*ses-*.nii.gz'")
+    b.add_argument("--masks", nargs="+", required=True, metavar="SUB=DIR", help="per subject, its ROI mask folder")
+    b.add_argument("--stimuli", required=True, help="the release's BOLD5000_Stimuli folder")
+    b.add_argument("--out", required=True, help="output folder (then: mindvis-finetune --dataset bold5000 --data-path OUT)")
+    return p
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise DataError(f"{what} takes SUB=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k] = v
+    return out
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.dataset == "hcp":
+            from .hcp import DEFAULT_PATTERN, prepare_hcp
+
+            out = prepare_hcp(args.input, args.out, args.labels, args.pattern or DEFAULT_PATTERN, args.subjects,
+                              args.atlas, _atlas_values(args.atlas_labels), progress=tqdm)
+        elif args.dataset == "god":
+            from .god import prepare_god
+
+            out = prepare_god(args.h5, args.images, args.out, args.class_index, progress=tqdm)
+        else:
+            from .bold5000 import prepare_bold5000
+
+            globs = _pairs(args.betas, "--betas")
+            betas = {}
+            for sub, pattern in globs.items():
+                base = Path(pattern).anchor or "."
+                files = sorted(Path(base).glob(str(Path(pattern).relative_to(base))))
+                if not files:
+                    raise DataError(f"--betas {sub}: no file matches {pattern}")
+                betas[sub] = files
+            out = prepare_bold5000(betas, _pairs(args.masks, "--masks"), args.stimuli, args.out, progress=tqdm)
+    except (DataError, FileNotFoundError) as e:
+        print(f"mindvis-prep: error: {e}", file=sys.stderr)
+        return 2
+    print(f"prepared {args.dataset} into {out} (see {Path(out) / 'meta.json'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
