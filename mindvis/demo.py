@@ -1,4 +1,4 @@
-"""``mindvis-demo``: the whole MinD-Vis pipeline on the synthetic world, with the same commands and presets a
+"""mindvis-demo: the whole MinD-Vis pipeline on the synthetic world, with the same commands and presets a
 researcher uses on real data: stage A (``mindvis-pretrain --data synthetic``), stage B (``mindvis-finetune
 --dataset synthetic``), sampling of the test set (``mindvis-sample``) and evaluation (``mindvis-eval``), then a
 report of the paper's claims. ``--ablation`` adds stage B from a randomly initialised encoder over several seeds.
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -64,8 +65,10 @@ def main(argv=None) -> int:
     p.add_argument("--num-samples", type=int, default=5, help="samples per test fMRI (default 5)")
     p.add_argument("--pretrain", nargs="*", default=[], metavar="key=value", help="overrides for stage A")
     p.add_argument("--finetune", nargs="*", default=[], metavar="key=value", help="overrides for stage B")
-    p.add_argument("--eval", nargs="*", default=[], metavar="ARG", help="extra mindvis-eval arguments")
+    p.add_argument("--eval", default="", metavar="'ARGS'", help="extra mindvis-eval arguments as one string, "
+                                                               "e.g. --eval='--classifier timm:NAME'")
     args = p.parse_args(argv)
+    eval_args = shlex.split(args.eval)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -76,7 +79,7 @@ def main(argv=None) -> int:
     print("== stage B: DC-LDM fine-tuning on the GOD-like pairs", flush=True)
     _stage_b(out, "finetune", str(out / "pretrain"), 2022, args.finetune)
     print("== sampling and evaluating the test set", flush=True)
-    ev = _sample_eval(out / "finetune", out / "samples", sample_args, args.eval)
+    ev = _sample_eval(out / "finetune", out / "samples", sample_args, eval_args)
 
     configs = out / "configs"
     configs.mkdir(exist_ok=True)
@@ -92,9 +95,9 @@ def main(argv=None) -> int:
     claims = {
         "decoding": {"metric": key, "mean": acc["mean"], "std_over_images": acc["std"], "chance": acc["chance"],
                      "n_images": ev["settings"]["n_images"],
-                     "above_chance": acc["mean"] > acc["chance"] + 2 * acc["std"] / np.sqrt(ev["settings"]["n_images"])},
+                     "above_chance": bool(acc["mean"] > acc["chance"] + 2 * acc["std"] / np.sqrt(ev["settings"]["n_images"]))},
         "masked_modeling": {"model_mse": h["model"]["mse"], "voxel_mean_mse": h["voxel_mean"]["mse"],
-                            "nearest_patch_mse": h["nearest_patch"]["mse"], "below_baselines": a["beats_baselines"]},
+                            "nearest_patch_mse": h["nearest_patch"]["mse"], "below_baselines": bool(a["beats_baselines"])},
     }
     if args.ablation:
         print("== ablation: stage B from the stage-A encoder vs a random encoder", flush=True)
@@ -104,15 +107,15 @@ def main(argv=None) -> int:
             for arm, enc in arms.items():
                 name = f"ablation-{arm}-seed{seed}"
                 _stage_b(out / "ablation", name, enc, seed, args.finetune)
-                r = _sample_eval(out / "ablation" / name, out / "ablation" / name / "samples", sample_args, args.eval)
+                r = _sample_eval(out / "ablation" / name, out / "ablation" / name / "samples", sample_args, eval_args)
                 results[arm].append({"seed": seed, key: r["metrics"][key]["mean"],
                                      "pcc_identification": r["metrics"]["pcc_identification"]["mean"]})
         summary = {arm: {m: {"mean": float(np.mean([x[m] for x in rs])), "std": float(np.std([x[m] for x in rs]))}
                          for m in (key, "pcc_identification")} for arm, rs in results.items()}
         diff = summary["pretrained"][key]["mean"] - summary["random"][key]["mean"]
         spread = max(summary["pretrained"][key]["std"], summary["random"][key]["std"])
-        claims["pretraining_helps"] = {"per_seed": results, "summary": summary, "difference": diff,
-                                       "largest_seed_std": spread, "holds": diff > spread}
+        claims["pretraining_helps"] = {"per_seed": results, "summary": summary, "difference": float(diff),
+                                       "largest_seed_std": float(spread), "holds": bool(diff > spread)}
         lines = ["| stage B encoder | " + key + " (mean ± std over seeds) | PCC identification |", "|---|---|---|"]
         for arm in arms:
             s = summary[arm]

@@ -146,7 +146,7 @@ def pretrain(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
         raw_model.save_pretrained(run_dir / "model")
         summary = {"holdout": ev, "num_voxels": data.num_voxels, "data": data.description, "epochs": tc.epochs,
                    "train_samples": len(data.train), "seconds": round(time.time() - t0, 1),
-                   "beats_baselines": ev["model"]["mse"] < min(ev["voxel_mean"]["mse"], ev["nearest_patch"]["mse"])}
+                   "beats_baselines": bool(ev["model"]["mse"] < min(ev["voxel_mean"]["mse"], ev["nearest_patch"]["mse"]))}
         atomic_write_json(run_dir / "summary.json", summary)
         table = summary_table(ev)
         atomic_write_text(run_dir / "summary.md", f"# SC-MBM held-out masked-patch reconstruction\n\n"

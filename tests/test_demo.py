@@ -16,7 +16,7 @@ def test_demo_chain_writes_every_artifact_and_they_reload(cache_dir, tiny_prior,
     assert main(["--out", str(out), "--steps", "2", "--num-samples", "2", "--ablation", "--seeds", "2",
                  "--pretrain", *world, *TINY_TRAIN, "train.epochs=2", "train.checkpoint_every=2",
                  "--finetune", *world, *TINY_FINETUNE, f"model.prior={tiny_prior}", "train.epochs=2",
-                 "--eval", "--n-way", "5", "--trials", "5"]) == 0
+                 "--eval=--n-way 5 --trials 5"]) == 0
     for f in ("REPORT.md", "claims.json", "samples/grid.png", "samples/images/0000_gt.png", "samples/eval.json",
               "samples/eval.md", "loss_curve_pretrain.png", "loss_curve_finetune.png", "configs/pretrain.yaml",
               "configs/finetune.yaml", "configs/sample.json", "ablation/ablation.md"):
