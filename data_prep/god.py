@@ -15,46 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mindvis.data.fmri import DataError, check_finite
+from mindvis.data.bdata import read_bdata
+from mindvis.data.fmri import DataError
 from mindvis.data.pairs import imagenet_name, load_imagenet_images
 
 from .common import done, item_record, require_file, write_item, write_meta
-
-
-def read_bdata(path: Path) -> dict:
-    """Voxel matrix, ROI masks, data types and stimulus ids of one BData file."""
-    import h5py
-
-    require_file(path, "GOD HDF5 file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DataError(f"{path}: not an HDF5 file ({e})") from e
-    with f:
-        if "dataSet" not in f or "metaData" not in f:
-            raise DataError(f"{path}: not a BData file (needs /dataSet and /metaData)")
-        data = np.asarray(f["dataSet"], dtype=np.float64)
-        keys = [k.decode() if isinstance(k, bytes) else str(k) for k in f["metaData"]["key"][:]]
-        values = np.asarray(f["metaData"]["value"], dtype=np.float64)
-    if values.shape != (len(keys), data.shape[1]):
-        raise DataError(f"{path}: metaData/value has shape {values.shape}, expected ({len(keys)}, {data.shape[1]})")
-
-    def cols(key):
-        if key not in keys:
-            raise DataError(f"{path}: no metadata key {key!r}")
-        row = values[keys.index(key)]
-        return np.nonzero(~np.isnan(row) & (row != 0))[0]
-
-    voxel_cols = cols("VoxelData") if "VoxelData" in keys else \
-        np.unique(np.concatenate([cols(k) for k in keys if k.startswith("ROI_")]))
-    roi_keys = [k for k in keys if k.startswith("ROI_")]
-    if not roi_keys:
-        raise DataError(f"{path}: no ROI_* metadata keys")
-    masks = {k[4:]: np.isin(voxel_cols, cols(k)) for k in roi_keys}
-    x = data[:, voxel_cols].astype(np.float32)
-    check_finite(x, str(path))
-    return {"x": x, "masks": masks, "dtype": data[:, cols("DataType")[0]].astype(int),
-            "stim": data[:, cols("stimulus_id")[0]]}
 
 
 def prepare_god(h5_files: list[str | Path], image_dir: str | Path, out: str | Path, class_index: str | Path | None = None,

@@ -96,7 +96,7 @@ def test_resume_repeats_the_uninterrupted_run(cache_dir, tmp_path, tiny_prior, m
     real = engine.write_checkpoint
 
     def die_after_first(*a, **k):
-        out = real(*a, **k)
+        real(*a, **k)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(engine, "write_checkpoint", die_after_first)

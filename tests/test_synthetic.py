@@ -2,7 +2,6 @@ import hashlib
 import json
 
 import numpy as np
-import pytest
 
 from mindvis.commands import synth_main
 from mindvis.data.synthetic import (HCP_AREAS, SyntheticWorld, SyntheticWorldConfig, make_brain)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
 from ..models.conditioner import ConditionerConfig, FMRIConditioner

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .bdata import read_bdata
 from .fmri import DataError, RandomVoxelZeroing, check_finite, fit_length, normalize, pad_to_patch_size
 from .god import load_god_subject
 
@@ -124,14 +125,6 @@ def god_pairs(root: str | os.PathLike, subjects=("sbj_3",), roi: str = "VC", pat
 
 
 # ----------------------------------------------------------------------------- GOD, bdpy BData HDF5
-def _bdata_columns(h5, key: str) -> np.ndarray:
-    keys = [k.decode() if isinstance(k, bytes) else str(k) for k in h5["metaData"]["key"][:]]
-    if key not in keys:
-        raise DataError(f"{h5.filename}: no metadata key {key!r} (keys: {keys[:12]}{' ...' if len(keys) > 12 else ''})")
-    row = np.asarray(h5["metaData"]["value"][keys.index(key)], dtype=np.float64)
-    return np.nonzero(~np.isnan(row) & (row != 0))[0]
-
-
 def god_bdata_subject(h5_path: str | os.PathLike, image_dir: str | os.PathLike, roi: str = "VC",
                       image_size: int = 256):
     """One GOD subject from the Kamitani lab's HDF5 (bdpy BData: ``dataSet`` + ``metaData/{key,value}``)
@@ -139,25 +132,10 @@ def god_bdata_subject(h5_path: str | os.PathLike, image_dir: str | os.PathLike, 
 
     Returns raw (train fMRI, train ids, test-averaged fMRI, test ids) and a loader of images by id.
     """
-    import h5py
-
-    h5_path = Path(h5_path)
-    if not h5_path.is_file():
-        raise DataError(f"GOD HDF5 file not found: {h5_path}")
-    try:
-        h5 = h5py.File(h5_path, "r")
-    except OSError as e:
-        raise DataError(f"{h5_path}: not an HDF5 file ({e})") from e
-    with h5:
-        if "dataSet" not in h5 or "metaData" not in h5:
-            raise DataError(f"{h5_path}: not a BData file (needs /dataSet and /metaData)")
-        data = np.asarray(h5["dataSet"], dtype=np.float64)  # stimulus ids need double precision
-        vox = _bdata_columns(h5, f"ROI_{roi}")
-        dtype_col = _bdata_columns(h5, "DataType")
-        stim_col = _bdata_columns(h5, "stimulus_id")
-    dtype, stim = data[:, dtype_col[0]], data[:, stim_col[0]]
-    x = data[:, vox].astype(np.float32)
-    check_finite(x, f"{h5_path} ROI_{roi}")
+    bd = read_bdata(h5_path)
+    if roi not in bd["masks"]:
+        raise DataError(f"{h5_path}: no metadata key 'ROI_{roi}' (ROIs: {sorted(bd['masks'])})")
+    x, dtype, stim = bd["x"][:, bd["masks"][roi]], bd["dtype"], bd["stim"]
     train_rows, test_rows = np.nonzero(dtype == 1)[0], np.nonzero(dtype == 2)[0]
     test_stims = np.unique(stim[test_rows])
     test_avg = np.stack([x[test_rows[stim[test_rows] == s]].mean(0) for s in test_stims])
