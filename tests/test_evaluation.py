@@ -60,6 +60,24 @@ def test_pairwise_matrices_equal_direct_computation():
     assert torch.allclose(pairwise_ssim(a, a).diag(), torch.ones(4))
 
 
+def test_lpips_pairs_equal_the_lpips_package():
+    import lpips
+
+    from mindvis.evaluation.evaluate import lpips_features
+    from mindvis.evaluation.metrics import pairwise_feature_distance
+
+    # the package's learned channel weights on a random AlexNet (no download needed)
+    model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
+    (feats, weights), _ = lpips_features(model)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(3, 3, 64, 64, generator=g), torch.rand(4, 3, 64, 64, generator=g)
+    d = pairwise_feature_distance(feats(a), feats(b), weights)
+    with torch.no_grad():
+        assert abs(d[1, 2].item() - model(a[1:2] * 2 - 1, b[2:3] * 2 - 1).item()) < 1e-5
+    report = evaluate(a[:, None], a, metrics=("lpips",), lpips_model=model)
+    assert report["metrics"]["lpips_identification"]["mean"] == 1.0 and report["metrics"]["lpips"]["mean"] < 1e-6
+
+
 def test_frechet_distance():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2000, 4, generator=g)

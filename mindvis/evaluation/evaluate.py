@@ -22,21 +22,27 @@ log = logging.getLogger("mindvis.eval")
 PAIRWISE = ("mse", "pcc", "ssim", "lpips")
 
 
-def _lpips_features():
-    """LPIPS (AlexNet) as per-layer features + the learned channel weights, or a reason it is unavailable."""
-    try:
-        import lpips
-    except ImportError:
-        return None, "the lpips package is not installed (pip install lpips)"
-    try:
-        model = lpips.LPIPS(net="alex", verbose=False).eval()
-    except Exception as e:  # noqa: BLE001 - AlexNet weights come from torchvision's cache / the network
-        return None, f"LPIPS AlexNet weights unavailable ({type(e).__name__})"
+def lpips_features(model=None):
+    """((features fn, channel weights), None) for LPIPS (AlexNet), or (None, reason) when it cannot run.
+
+    ``model`` is an ``lpips.LPIPS`` instance; by default the pretrained AlexNet one (its backbone weights
+    come from torchvision's cache).
+    """
+    if model is None:
+        try:
+            import lpips
+        except ImportError:
+            return None, "the lpips package is not installed (pip install lpips)"
+        try:
+            model = lpips.LPIPS(net="alex", verbose=False)
+        except Exception as e:  # noqa: BLE001 - AlexNet weights come from torchvision's cache / the network
+            return None, f"LPIPS AlexNet weights unavailable ({type(e).__name__})"
+    model = model.eval()
     weights = [lin.model[-1].weight.detach().flatten() for lin in model.lins]
 
     @torch.no_grad()
     def feats(x):
-        return [f for f in model.net(model.scaling_layer(x * 2 - 1))]
+        return list(model.net(model.scaling_layer(x * 2 - 1)))
 
     return (feats, weights), None
 
@@ -58,7 +64,7 @@ def _mean_std(x: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def evaluate(samples: torch.Tensor, ground_truth: torch.Tensor, classifier=None, n_way: int = 50, top_k: int = 1,
-             trials: int = 50, metrics=("nway", *PAIRWISE, "fid"), seed: int = 0) -> dict:
+             trials: int = 50, metrics=("nway", *PAIRWISE, "fid"), seed: int = 0, lpips_model=None) -> dict:
     """The report dict: every metric with its spread, and the settings."""
     t0 = time.time()
     if samples.ndim != 5 or ground_truth.ndim != 4:
@@ -89,7 +95,7 @@ def evaluate(samples: torch.Tensor, ground_truth: torch.Tensor, classifier=None,
             report["metrics"][f"{name}_acc"] = _mean_std(acc.mean(1)) | {"chance": top_k / n_way}
             report["metrics"][f"{name}_acc_best_sample"] = _mean_std(acc.max(1).values)
 
-    lp, lp_reason = _lpips_features() if "lpips" in metrics else (None, None)
+    lp, lp_reason = lpips_features(lpips_model) if "lpips" in metrics else (None, None)
     for m in PAIRWISE:
         if m not in metrics:
             continue
