@@ -47,6 +47,7 @@ class TrainConfig:
     batch_size: int = 5  # paper: 5 for GOD, 25 for BOLD5000
     epochs: int = 500
     lr: float = 5.3e-5
+    encoder_lr: float = 0.0  # learning rate of the SC-MBM encoder; 0: train.lr (the paper: one rate for all)
     weight_decay: float = 0.01
     clip_grad: float = 0.5
     accum_iter: int = 1

@@ -143,7 +143,10 @@ def finetune(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
         save_config(cfg, run_dir / "config.yaml")
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    enc_ids = {id(p) for p in model.conditioner.mae.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in enc_ids], "lr": tc.lr},
+              {"params": [p for p in params if id(p) in enc_ids], "lr": tc.encoder_lr or tc.lr}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=tc.weight_decay)
     history, start_epoch, best = [], 0, {"metric": float("inf"), "epoch": 0}
     if resume:
         ckpt = latest_checkpoint(run_dir)
