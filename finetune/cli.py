@@ -4,19 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from omegaconf import OmegaConf
-
 from mindvis.compat.ldm import PriorFormatError
-from mindvis.compat.original import OriginalCheckpointError
-from mindvis.config import ConfigError, build_config
-from mindvis.configs import preset_names, preset_path
-from mindvis.data.fmri import DataError
-from mindvis.training import NonFiniteLossError
+from mindvis.config import resolve_run_config
+from mindvis.configs import preset_names
+from mindvis.training import run_training_command
 
 from .config import DATASETS, FinetuneConfig
 from .engine import finetune
-
-DEFAULT_PRESET = {"god": "god", "bold5000": "bold5000", "god+bold5000": "god+bold5000", "synthetic": "synthetic"}
 
 EPILOG = """\
 overrides: any config key as key=value (mindvis-finetune --print-config lists them all), e.g.
@@ -40,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Stage B of MinD-Vis: fine-tune a double-conditioned latent diffusion "
                                             "model on fMRI-image pairs.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=DATASETS, default=None,
+    p.add_argument("--dataset", dest="selection", choices=DATASETS, default=None,
                    help="pairs to train on; sets data.dataset and, without --config, the matching preset. "
                         "god+bold5000 trains jointly (voxels wrap-padded to the longer dataset; test metrics per "
                         "dataset). Default: synthetic")
@@ -60,35 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args):
-    overrides = list(args.overrides)
-    if args.resume:
-        preset = f"{args.resume}/config.yaml"
-    else:
-        dataset = args.dataset or "synthetic"
-        preset = str(preset_path("finetune", args.config or DEFAULT_PRESET[dataset]))
-        overrides = [f"data.dataset={dataset}"] * (args.dataset is not None or args.config is None) + overrides
-    for flag, key in ((args.data_path, "data.path"), (args.encoder, "model.encoder"), (args.prior, "model.prior"),
-                      (args.output_dir, "output_dir")):
-        if flag:
-            overrides.append(f"{key}={flag}")
-    return build_config(FinetuneConfig, preset, overrides)
+    return resolve_run_config(FinetuneConfig, "finetune", args, "data.dataset",
+                              {"data.path": args.data_path, "model.encoder": args.encoder, "model.prior": args.prior,
+                               "output_dir": args.output_dir})
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = resolve_config(args)
-        if args.print_config:
-            print(OmegaConf.to_yaml(cfg))
-            return 0
-        finetune(cfg, resume=args.resume, run_name=args.run_name)
-    except (ConfigError, DataError, FileNotFoundError, OriginalCheckpointError, PriorFormatError) as e:
-        print(f"mindvis-finetune: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"mindvis-finetune: training stopped: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_training_command("mindvis-finetune", build_parser().parse_args(argv), resolve_config, finetune,
+                                errors=(PriorFormatError,))
 
 
 if __name__ == "__main__":

@@ -74,3 +74,25 @@ def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
 def load_saved_config(schema: type, path: str | os.PathLike) -> DictConfig:
     """Re-read a config that mindvis saved (strict: it must still fit the schema)."""
     return build_config(schema, preset=path)
+
+
+def resolve_run_config(schema: type, stage: str, args, selector: str, flags: dict[str, str | None]) -> DictConfig:
+    """The config of a training command.
+
+    A resumed run keeps its saved ``config.yaml``. Otherwise the preset is ``--config`` or the one named
+    after the data selection (``args.selection``, default ``synthetic``), whose choice is written to
+    ``selector`` unless ``--config`` alone picked the preset. Then the ``key=value`` overrides, then the
+    flags that set keys (``flags``: key -> value or None).
+    """
+    from .configs import preset_path
+
+    overrides = list(args.overrides)
+    if args.resume:
+        preset = f"{args.resume}/config.yaml"
+    else:
+        selection = args.selection or "synthetic"
+        preset = str(preset_path(stage, args.config or selection))
+        if args.selection is not None or args.config is None:
+            overrides.insert(0, f"{selector}={selection}")
+    overrides += [f"{key}={value}" for key, value in flags.items() if value]
+    return build_config(schema, preset, overrides)

@@ -137,3 +137,27 @@ def start_run(train_cfg, output_dir: str, resume: str | Path | None, run_name: s
     setup_logging(logger, run_dir, main)
     set_seed(tc.seed)
     return accelerator, run_dir, main
+
+
+def run_training_command(prog: str, args, resolve, train, errors: tuple = ()) -> int:
+    """Resolve the config, print it (``--print-config``) or train; user mistakes become one-line errors (exit 2),
+    a non-finite loss exit 1."""
+    from omegaconf import OmegaConf
+
+    from .compat.original import OriginalCheckpointError
+    from .config import ConfigError
+    from .data.fmri import DataError
+
+    try:
+        cfg = resolve(args)
+        if args.print_config:
+            print(OmegaConf.to_yaml(cfg))
+            return 0
+        train(cfg, resume=args.resume, run_name=args.run_name)
+    except (ConfigError, DataError, FileNotFoundError, OriginalCheckpointError, *errors) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"{prog}: training stopped: {e}", file=sys.stderr)
+        return 1
+    return 0

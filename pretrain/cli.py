@@ -4,17 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from omegaconf import OmegaConf
-
-from mindvis.compat.original import OriginalCheckpointError
-from mindvis.config import ConfigError, build_config
-from mindvis.configs import preset_names, preset_path
-from mindvis.data.fmri import DataError
+from mindvis.config import resolve_run_config
+from mindvis.configs import preset_names
+from mindvis.training import run_training_command
 
 from .config import DATA_SOURCES, PretrainConfig
-from .engine import NonFiniteLossError, pretrain
-
-DEFAULT_PRESET = {"hcp": "hcp", "god": "god", "synthetic": "synthetic", "synthetic-god": "synthetic-god"}
+from .engine import pretrain
 
 EPILOG = """\
 overrides: any config key as key=value, e.g. train.batch_size=200 data.window_frames=12
@@ -40,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mindvis-pretrain", description="Stage A of MinD-Vis: SC-MBM pretraining (A1) or tuning on a target dataset (A2).", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", choices=DATA_SOURCES, default=None,
+    p.add_argument("--data", dest="selection", choices=DATA_SOURCES, default=None,
                    help="fMRI source: hcp (HCP resting state), god (GOD fMRI, stage A2), synthetic (the synthetic "
                         "world's resting state, generated on first use), synthetic-god (its GOD-like fMRI). "
                         "Sets data.source and, without --config, the matching preset. Default: synthetic")
@@ -58,39 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_config(args) -> "OmegaConf":
-    overrides = list(args.overrides)
-    if args.resume:
-        preset = f"{args.resume}/config.yaml"
-    else:
-        source = args.data or "synthetic"
-        preset = str(preset_path("pretrain", args.config or DEFAULT_PRESET[source]))
-        overrides = [f"data.source={source}"] * (args.data is not None or args.config is None) + overrides
-    if args.data_path:
-        overrides.append(f"data.path={args.data_path}")
-    if args.init:
-        overrides.append(f"init={args.init}")
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    return build_config(PretrainConfig, preset, overrides)
+def resolve_config(args):
+    return resolve_run_config(PretrainConfig, "pretrain", args, "data.source",
+                              {"data.path": args.data_path, "init": args.init, "output_dir": args.output_dir})
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        cfg = resolve_config(args)
-        if args.print_config:
-            print(OmegaConf.to_yaml(cfg))
-            return 0
-        pretrain(cfg, resume=args.resume, run_name=args.run_name)
-    except (ConfigError, DataError, FileNotFoundError, OriginalCheckpointError) as e:
-        print(f"mindvis-pretrain: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"mindvis-pretrain: training stopped: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_training_command("mindvis-pretrain", build_parser().parse_args(argv), resolve_config, pretrain)
 
 
 if __name__ == "__main__":
