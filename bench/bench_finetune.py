@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from timing import device_label, time_steps
 
 CONFIGS = {
     "paper (GOD: batch 5, 256 px, label2img-sized UNet)": "paper",
@@ -61,21 +60,11 @@ def run_one(kind: str, steps: int, device: str) -> dict:
         opt.zero_grad()
         return loss
 
-    step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    dt = (time.perf_counter() - t) / steps
-    out = {"params_M": sum(p.numel() for p in model.parameters()) / 1e6, "trainable_M": sum(p.numel() for p in params) / 1e6,
-           "step_s": dt, "samples_per_s": batch / dt, "loss": float(loss), "batch": batch, "size": size,
-           "peak_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
-    if device.startswith("cuda"):
-        out["peak_gpu_GiB"] = torch.cuda.max_memory_allocated() / 2**30
+    losses = []
+    out = time_steps(lambda: losses.append(float(step())), steps, device)
+    out |= {"params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+            "trainable_M": sum(p.numel() for p in params) / 1e6, "samples_per_s": batch / out["step_s"],
+            "loss": losses[-1], "batch": batch, "size": size}
     return out
 
 
@@ -105,8 +94,7 @@ def main() -> None:
         rows.append(f"| {name} | {r['params_M']:.1f} | {r['trainable_M']:.1f} | {r['step_s']:.2f} | "
                     f"{r['samples_per_s']:.2f} | {r['peak_rss_GiB']:.2f} | {r.get('peak_gpu_GiB', float('nan')):.2f} |")
         print(rows[-1], flush=True)
-    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
-        f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    dev = device_label(args.device)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join([
         f"# Stage-B training step ({args.device}: {dev}; torch {torch.__version__}; {args.steps} timed steps; "

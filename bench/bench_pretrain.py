@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from timing import device_label, time_steps
 
 CONFIGS = {
     # name: (variant, num_voxels, batch size)
@@ -44,22 +43,8 @@ def run_one(variant: str, num_voxels: int, batch: int, steps: int, device: str, 
         opt.step()
         opt.zero_grad()
 
-    for _ in range(2):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t
-    out = {"params_M": sum(p.numel() for p in model.parameters()) / 1e6, "step_s": dt / steps,
-           "samples_per_s": batch * steps / dt,
-           "peak_cpu_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
-    if device.startswith("cuda"):
-        out["peak_gpu_GiB"] = torch.cuda.max_memory_allocated() / 2**30
+    out = time_steps(step, steps, device, warmup=2)
+    out |= {"params_M": sum(p.numel() for p in model.parameters()) / 1e6, "samples_per_s": batch / out["step_s"]}
     return out
 
 
@@ -90,11 +75,10 @@ def main() -> None:
         r = json.loads(res.stdout.strip().splitlines()[-1])
         variant, voxels, batch = CONFIGS[name]
         rows.append(f"| {name} | {voxels} | {batch} | {r['params_M']:.1f} | {r['step_s']:.3f} | "
-                    f"{r['samples_per_s']:.1f} | {r['peak_cpu_rss_GiB']:.2f} | "
+                    f"{r['samples_per_s']:.1f} | {r['peak_rss_GiB']:.2f} | "
                     f"{r.get('peak_gpu_GiB', float('nan')):.2f} |")
         print(rows[-1], flush=True)
-    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or 'cpu'}, " \
-        f"{torch.get_num_threads()} threads"
+    dev = device_label(args.device)
     table = "\n".join([
         f"# Stage-A training step ({args.device}: {dev}; torch {torch.__version__}; precision {args.precision}; "
         f"{args.steps} timed steps)", "",

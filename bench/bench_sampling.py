@@ -9,11 +9,11 @@ times 50 test images x 5 samples with every metric that runs here, at 32 px and 
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
 import torch
+from timing import device_label
 
 RUNS = [("plms", 250), ("plms", 50), ("ddim", 50), ("dpm++", 25), ("dpm++", 10)]
 
@@ -64,8 +64,7 @@ def main() -> None:
         report = evaluate(samples, gt, None, metrics=("mse", "pcc", "ssim", "lpips"))
         ev.append(f"| {size} px | {time.perf_counter() - t:.2f} | {', '.join(sorted(report['skipped'])) or '-'} |")
         print(ev[-1], flush=True)
-    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
-        f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    dev = device_label(args.device)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join([
         f"# Sampling and evaluation time ({args.device}: {dev}; torch {torch.__version__}; model "
