@@ -27,7 +27,8 @@ class DataConfig:
     imagenet_dir: str = ""  # bdata layout: folder with the stimulus images (n01518878_5958.JPEG ...)
     class_index: str = ""  # bdata layout: imagenet_class_index.json for labels
     bold5000_path: str = ""
-    subjects: List[str] = field(default_factory=lambda: ["sbj_3"])  # GOD subjects (bdata: file names)
+    subjects: List[str] = field(default_factory=list)  # GOD subjects (bdata: file names); empty: sbj_3 (the
+    # original's default) for GOD, every subject of the synthetic world
     bold5000_subjects: List[str] = field(default_factory=lambda: ["CSI1"])
     roi: str = "VC"
     pad_mode: str = "exact"

@@ -31,6 +31,8 @@ class StageBData:
 
 def _god(cfg: DataConfig, root: Path, patch_size: int, image_size: int):
     if cfg.god_layout == "bdata":
+        if not cfg.subjects:
+            raise DataError("data.god_layout=bdata needs data.subjects: the HDF5 file names (Subject3.h5 ...)")
         files = [str(root / (s if s.endswith(".h5") else s + ".h5")) for s in cfg.subjects]
         if not cfg.imagenet_dir:
             raise DataError("data.god_layout=bdata needs data.imagenet_dir (the stimulus images)")
@@ -38,7 +40,7 @@ def _god(cfg: DataConfig, root: Path, patch_size: int, image_size: int):
                                image_size)
     if cfg.god_layout != "mindvis":
         raise DataError(f"data.god_layout must be mindvis or bdata, got {cfg.god_layout!r}")
-    return god_pairs(root, cfg.subjects, cfg.roi, patch_size, cfg.pad_mode, cfg.include_test_trials)
+    return god_pairs(root, list(cfg.subjects) or ["sbj_3"], cfg.roi, patch_size, cfg.pad_mode, cfg.include_test_trials)
 
 
 def build_stage_b_data(cfg: DataConfig, patch_size: int, seed: int) -> StageBData:
@@ -48,14 +50,14 @@ def build_stage_b_data(cfg: DataConfig, patch_size: int, seed: int) -> StageBDat
     if cfg.dataset == "synthetic":
         world = OmegaConf.to_object(cfg.synthetic) if isinstance(cfg.synthetic, DictConfig) else cfg.synthetic
         root = ensure_world(world, parts=("god",), cache_dir=cfg.cache_dir or None) / "GOD"
-        subjects = [f"sbj_{i + 1}" for i in range(world.god_subjects)] if cfg.subjects == ["sbj_3"] else cfg.subjects
+        subjects = list(cfg.subjects) or [f"sbj_{i + 1}" for i in range(world.god_subjects)]
         tr, te = god_pairs(root, subjects, cfg.roi, patch_size, cfg.pad_mode, cfg.include_test_trials)
         trains, tests, names = [tr], [te], [f"synthetic GOD-like {root} {subjects}"]
     if cfg.dataset in ("god", "god+bold5000"):
         if not cfg.path:
             raise DataError("data.path is empty: give the GOD folder (--data-path DIR)")
         tr, te = _god(cfg, Path(cfg.path), patch_size, 256)
-        trains.append(tr), tests.append(te), names.append(f"GOD {cfg.path} {list(cfg.subjects)}")
+        trains.append(tr), tests.append(te), names.append(f"GOD {cfg.path} {list(cfg.subjects) or ['sbj_3']}")
     if cfg.dataset in ("bold5000", "god+bold5000"):
         path = cfg.bold5000_path or (cfg.path if cfg.dataset == "bold5000" else "")
         if not path:

@@ -151,6 +151,8 @@ def test_presets_load_and_derived_defaults_follow_overrides():
     p = build_parser()
     assert resolve_config(p.parse_args(["--dataset", "bold5000"])).train.batch_size == 25
     assert resolve_config(p.parse_args(["--dataset", "god"])).train.batch_size == 5
+    assert list(resolve_config(p.parse_args(["--dataset", "god"])).data.subjects) == ["sbj_3"]
+    assert list(resolve_config(p.parse_args(["--dataset", "synthetic"])).data.subjects) == []  # every subject
     cfg = resolve_config(p.parse_args(["--dataset", "god", "train.batch_size=7", "model.time_cond=false"]))
     assert cfg.train.batch_size == 7 and cfg.model.time_cond is False
     cfg = resolve_config(p.parse_args(["--dataset", "bold5000", "--encoder", "enc.pth"]))
