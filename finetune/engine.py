@@ -51,6 +51,17 @@ def load_encoder(cfg: DictConfig) -> tuple[MBMConfig, dict | None]:
     return mbm.config, mbm.state_dict()
 
 
+def resolve_prior(cfg: DictConfig) -> str:
+    """The prior folder: ``model.prior``, or for the synthetic world its cached prior (trained on first use)."""
+    if cfg.model.prior:
+        return cfg.model.prior
+    if cfg.data.dataset != "synthetic":
+        raise FileNotFoundError("model.prior is empty: give the pretrained LDM folder (--prior DIR)")
+    from .prior import ensure_synthetic_prior
+
+    return str(ensure_synthetic_prior(OmegaConf.to_object(cfg.data.synthetic), cfg.data.cache_dir or None))
+
+
 def build_model(cfg: DictConfig, num_voxels: int, enc_cfg: MBMConfig, enc_weights: dict | None) -> DCLDM:
     m = cfg.model
     if num_voxels % enc_cfg.patch_size or num_voxels // enc_cfg.patch_size < 2:
@@ -62,15 +73,7 @@ def build_model(cfg: DictConfig, num_voxels: int, enc_cfg: MBMConfig, enc_weight
     encoder = FMRIEncoder(MBMConfig(**{**asdict(enc_cfg), "num_voxels": num_voxels}), global_pool=m.global_pool)
     if enc_weights is not None:
         encoder.load_mbm_state_dict(enc_weights)
-    prior = m.prior
-    if not prior:
-        if cfg.data.dataset != "synthetic":
-            raise FileNotFoundError("model.prior is empty: give the pretrained LDM folder (--prior DIR)")
-        from .prior import ensure_synthetic_prior
-
-        world = OmegaConf.to_object(cfg.data.synthetic)
-        prior = ensure_synthetic_prior(world, cfg.data.cache_dir or None)
-    unet, vae, sched = load_prior(prior, time_conditioned=m.time_cond, cache_dir=cfg.data.cache_dir or None)
+    unet, vae, sched = load_prior(resolve_prior(cfg), time_conditioned=m.time_cond, cache_dir=cfg.data.cache_dir or None)
     ccfg = ConditionerConfig(encoder=asdict(encoder.config), context_dim=unet.config.cross_attention_dim,
                              time_embed_dim=unet.time_embedding.linear_2.out_features, global_pool=m.global_pool,
                              use_time_cond=m.time_cond)
@@ -230,7 +233,8 @@ def finetune(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
         sample_grid(run_dir / "test_grid.png", selected, data.test, image_size, cfg, idx)
         summary = {"selected_epoch": best["epoch"], "select_metric": tc.select_metric,
                    "selected_value": abs(best["metric"]), "test": test, "data": data.description,
-                   "num_voxels": data.num_voxels, "epochs": tc.epochs, "seconds": round(time.time() - t0, 1),
+                   "num_voxels": data.num_voxels, "prior": resolve_prior(cfg), "epochs": tc.epochs,
+                   "seconds": round(time.time() - t0, 1),
                    "first_loss": history[0]["loss"] if history else None,
                    "last_loss": history[-1]["loss"] if history else None}
         atomic_write_json(run_dir / "summary.json", summary)

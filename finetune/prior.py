@@ -165,6 +165,42 @@ def train_prior(cfg: PriorConfig, out: str | Path) -> Path:
     return out
 
 
+@torch.no_grad()
+def sample_classes(prior: str | Path, class_ids, num_samples: int = 5, steps: int = 25, seed: int = 0,
+                   batch_size: int = 64) -> torch.Tensor:
+    """Images the prior draws for its own class labels: (N, num_samples, 3, H, W) in [0, 1]. Scored like
+    reconstructions, they are the ceiling of what decoding through this prior can reach."""
+    from diffusers import UNet2DConditionModel, VQModel
+    from safetensors.torch import load_file
+
+    from mindvis.pipelines.mindvis_pipeline import make_scheduler
+
+    prior = Path(prior)
+    if not (prior / "class_embedder" / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{prior} is not a class-conditional prior written by mindvis-train-prior "
+                                "(no class_embedder/)")
+    unet = UNet2DConditionModel.from_pretrained(prior / "unet").eval()
+    vae = VQModel.from_pretrained(prior / "vae").eval()
+    table = load_file(prior / "class_embedder" / "model.safetensors")["weight"]
+    sched = make_scheduler("dpm++", json.loads((prior / "scheduler" / "scheduler_config.json").read_text()))
+    y = torch.as_tensor(np.asarray(class_ids)).long().repeat_interleave(num_samples)
+    if y.min() < 0 or y.max() >= len(table) - 1:
+        raise ValueError(f"class ids must lie in [0, {len(table) - 1}) for {prior}")
+    c = unet.config
+    latents = torch.randn((len(y), c.in_channels, c.sample_size, c.sample_size),
+                          generator=torch.Generator().manual_seed(seed))
+    out = []
+    for start in range(0, len(y), batch_size):
+        x, context = latents[start:start + batch_size], table[y[start:start + batch_size]][:, None]
+        sched.set_timesteps(steps)
+        x = x * sched.init_noise_sigma
+        for t in sched.timesteps:
+            x = sched.step(unet(sched.scale_model_input(x, t), t, encoder_hidden_states=context).sample, t, x).prev_sample
+        out.append(((vae.decode(x / vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1))
+    images = torch.cat(out)
+    return images.view(-1, num_samples, *images.shape[1:])
+
+
 def prior_fingerprint(cfg: PriorConfig) -> str:
     import hashlib
 

@@ -1,7 +1,12 @@
 """mindvis-demo: the whole MinD-Vis pipeline on the synthetic world, with the same commands and presets a
 researcher uses on real data: stage A (``mindvis-pretrain --data synthetic``), stage B (``mindvis-finetune
 --dataset synthetic``), sampling of the test set (``mindvis-sample``) and evaluation (``mindvis-eval``), then a
-report of the paper's claims. ``--ablation`` adds stage B from a randomly initialised encoder over several seeds.
+report of the paper's claims.
+
+``--ablation`` adds claim 2: stage B from the stage-A encoder and from a randomly initialised encoder over
+several seeds. Every run is scored on its validation split (classes carved from training); with several
+``--encoder-lrs`` each arm takes the rate with the best validation score, and only the selected runs are
+scored on the test set.
 """
 from __future__ import annotations
 
@@ -15,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .utils.io import atomic_write_json, atomic_write_text
+from .utils.io import atomic_write, atomic_write_json, atomic_write_text
+
+SELECT_METRIC = "pcc_identification"  # validation score of the ablation (see --help)
 
 
 def _stage_a(out: Path, overrides: list[str]) -> dict:
@@ -39,19 +46,96 @@ def _stage_b(out: Path, name: str, encoder: str, seed: int, overrides: list[str]
     return finetune(cfg, run_name=name)
 
 
-def _sample_eval(run: Path, out: Path, sample_args: list[str], eval_args: list[str]) -> dict:
+def _evaluate(samples: Path, eval_args: list[str]) -> dict:
     from .evaluation.cli import main as eval_main
+
+    if eval_main(["--samples", str(samples), *eval_args]) != 0:
+        raise RuntimeError(f"mindvis-eval failed for {samples}")
+    return json.loads((samples / "eval.json").read_text())
+
+
+def _sample_eval(run: Path, out: Path, split: str, sample_args: list[str], eval_args: list[str]) -> dict:
     from .pipelines.sample_cli import main as sample_main
 
-    if sample_main(["--model", str(run), "--out", str(out), *sample_args]) != 0:
+    if sample_main(["--model", str(run), "--out", str(out), "--split", split, *sample_args]) != 0:
         raise RuntimeError(f"mindvis-sample failed for {run}")
-    if eval_main(["--samples", str(out), *eval_args]) != 0:
-        raise RuntimeError(f"mindvis-eval failed for {out}")
-    return json.loads((out / "eval.json").read_text())
+    return _evaluate(out, eval_args)
+
+
+def _prior_ceiling(prior: str, test_samples: Path, out: Path, num_samples: int, steps: int,
+                   eval_args: list[str]) -> dict | None:
+    """The prior drawing the test classes from their true labels, scored like the reconstructions: the most
+    that decoding through this prior can reach. None for a prior without class labels."""
+    from .finetune.prior import sample_classes
+
+    if not (Path(prior) / "class_embedder").is_dir():
+        return None
+    with np.load(test_samples / "samples.npz", allow_pickle=False) as z:
+        truth, labels, meta = z["ground_truth"], z["labels"], z["meta"]
+    images = sample_classes(prior, labels.astype(np.int64), num_samples, steps)
+    arrays = {"samples": (images.permute(0, 1, 3, 4, 2).numpy() * 255).round().astype(np.uint8),
+              "ground_truth": truth, "labels": labels, "meta": meta}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "samples.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+    return _evaluate(out, eval_args)
 
 
 def _nway_key(report: dict) -> str:
     return next(k for k in report["metrics"] if k.endswith("_acc") and "way" in k)
+
+
+def _mean_std(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+
+
+def _ablation(out: Path, args, sample_args: list[str], eval_args: list[str]) -> dict:
+    """Claim 2: per arm and encoder rate, stage B over seeds scored on validation; per arm the rate with the
+    best mean validation score is scored on the test set."""
+    arms = {"pretrained": str(out / "pretrain"), "random": "random"}
+    lrs = args.encoder_lrs or [None]  # None: the preset's rate
+    root = out / "ablation"
+    runs = {}  # (arm, lr) -> per-seed records
+    for seed in range(args.seeds):
+        for arm, enc in arms.items():
+            for lr in lrs:
+                name = f"{arm}{'' if lr is None else f'-enclr{lr:g}'}-seed{seed}"
+                _stage_b(root, name, enc, seed, args.finetune + ([] if lr is None else [f"train.encoder_lr={lr}"]))
+                r = _sample_eval(root / name, root / name / "samples-val", "val", sample_args, eval_args)
+                key = _nway_key(r)
+                runs.setdefault((arm, lr), []).append(
+                    {"seed": seed, "run": name, "val": {key: r["metrics"][key]["mean"],
+                                                        SELECT_METRIC: r["metrics"][SELECT_METRIC]["mean"]}})
+    selected = {arm: max(lrs, key=lambda lr: np.mean([x["val"][SELECT_METRIC] for x in runs[(arm, lr)]]))
+                for arm in arms}
+    for arm, lr in selected.items():
+        for rec in runs[(arm, lr)]:
+            r = _sample_eval(root / rec["run"], root / rec["run"] / "samples", "test", sample_args, eval_args)
+            rec["test"] = {key: r["metrics"][key]["mean"], SELECT_METRIC: r["metrics"][SELECT_METRIC]["mean"]}
+    rows = []
+    for (arm, lr), recs in runs.items():
+        row = {"arm": arm, "encoder_lr": lr, "selected": selected[arm] == lr, "per_seed": recs,
+               "val": {m: _mean_std([x["val"][m] for x in recs]) for m in (key, SELECT_METRIC)}}
+        if row["selected"]:
+            row["test"] = {m: _mean_std([x["test"][m] for x in recs]) for m in (key, SELECT_METRIC)}
+        rows.append(row)
+    test = {r["arm"]: r["test"] for r in rows if r["selected"]}
+    diff = test["pretrained"][key]["mean"] - test["random"][key]["mean"]
+    spread = max(test["pretrained"][key]["std"], test["random"][key]["std"])
+    fmt = lambda s: f"{s['mean']:.4f} ± {s['std']:.4f}"  # noqa: E731
+    lines = [f"Stage B from the stage-A encoder vs a random encoder, mean ± std over {args.seeds} seeds. Validation: "
+             f"each run's own validation split; per arm the encoder rate with the best validation {SELECT_METRIC} "
+             "(*) is the one scored on the test set.", "",
+             f"| encoder | encoder lr | val {key} | val {SELECT_METRIC} | test {key} | test {SELECT_METRIC} |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        t = r.get("test")
+        lr = "preset" if r["encoder_lr"] is None else f"{r['encoder_lr']:g}"
+        lines.append(f"| {r['arm']} | {lr}{' *' if r['selected'] and len(lrs) > 1 else ''} | {fmt(r['val'][key])} | "
+                     f"{fmt(r['val'][SELECT_METRIC])} | {fmt(t[key]) if t else '—'} | "
+                     f"{fmt(t[SELECT_METRIC]) if t else '—'} |")
+    atomic_write_text(root / "ablation.md", "\n".join(lines) + "\n")
+    return {"metric": key, "select_metric": f"val_{SELECT_METRIC}", "rows": rows, "test": test,
+            "difference": float(diff), "largest_seed_std": float(spread), "holds": bool(diff > spread)}
 
 
 def main(argv=None) -> int:
@@ -59,8 +143,11 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="run folder of the whole chain (default: runs/demo)")
     p.add_argument("--ablation", action="store_true",
-                   help="also run stage B from a random encoder, and both arms over --seeds seeds (claim 2)")
+                   help="also run stage B from the stage-A and from a random encoder over --seeds seeds (claim 2)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per ablation arm (default 3)")
+    p.add_argument("--encoder-lrs", type=float, nargs="+", default=None, metavar="LR",
+                   help="ablation: candidate train.encoder_lr values; each arm takes the one with the best mean "
+                        f"validation {SELECT_METRIC} (default: the preset's rate only)")
     p.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps for sampling (default 25)")
     p.add_argument("--num-samples", type=int, default=5, help="samples per test fMRI (default 5)")
     p.add_argument("--pretrain", nargs="*", default=[], metavar="key=value", help="overrides for stage A")
@@ -68,6 +155,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval", default="", metavar="'ARGS'", help="extra mindvis-eval arguments as one string, "
                                                                "e.g. --eval='--classifier timm:NAME'")
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds must be at least 1, got {args.seeds}")
     eval_args = shlex.split(args.eval)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,73 +166,62 @@ def main(argv=None) -> int:
     print("== stage A: SC-MBM pretraining on the synthetic resting state", flush=True)
     a = _stage_a(out, args.pretrain)
     print("== stage B: DC-LDM fine-tuning on the GOD-like pairs", flush=True)
-    _stage_b(out, "finetune", str(out / "pretrain"), 2022, args.finetune)
+    b = _stage_b(out, "finetune", str(out / "pretrain"), 2022, args.finetune)
     print("== sampling and evaluating the test set", flush=True)
-    ev = _sample_eval(out / "finetune", out / "samples", sample_args, eval_args)
+    ev = _sample_eval(out / "finetune", out / "samples", "test", sample_args, eval_args)
+    print("== the prior's ceiling: the test classes drawn from their true labels", flush=True)
+    ceiling = _prior_ceiling(b["prior"], out / "samples", out / "prior_ceiling", args.num_samples, args.steps,
+                             eval_args)
 
     configs = out / "configs"
     configs.mkdir(exist_ok=True)
     for stage in ("pretrain", "finetune"):
         shutil.copy2(out / stage / "config.yaml", configs / f"{stage}.yaml")
-    shutil.copy2(out / "samples" / "sample_config.json", configs / "sample.json")
-    for stage in ("pretrain", "finetune"):
         shutil.copy2(out / stage / "loss_curve.png", out / f"loss_curve_{stage}.png")
+    shutil.copy2(out / "samples" / "sample_config.json", configs / "sample.json")
 
     key = _nway_key(ev)
     acc = ev["metrics"][key]
+    n_img = ev["settings"]["n_images"]
     h = a["holdout"]
     claims = {
         "decoding": {"metric": key, "mean": acc["mean"], "std_over_images": acc["std"], "chance": acc["chance"],
-                     "n_images": ev["settings"]["n_images"],
-                     "above_chance": bool(acc["mean"] > acc["chance"] + 2 * acc["std"] / np.sqrt(ev["settings"]["n_images"]))},
+                     "n_images": n_img, "above_chance": bool(acc["mean"] > acc["chance"] + 2 * acc["std"] / np.sqrt(n_img)),
+                     "prior_ceiling": ceiling["metrics"][key]["mean"] if ceiling else None},
         "masked_modeling": {"model_mse": h["model"]["mse"], "voxel_mean_mse": h["voxel_mean"]["mse"],
                             "nearest_patch_mse": h["nearest_patch"]["mse"], "below_baselines": bool(a["beats_baselines"])},
     }
     if args.ablation:
         print("== ablation: stage B from the stage-A encoder vs a random encoder", flush=True)
-        arms = {"pretrained": str(out / "pretrain"), "random": "random"}
-        results = {arm: [] for arm in arms}
-        for seed in range(args.seeds):
-            for arm, enc in arms.items():
-                name = f"ablation-{arm}-seed{seed}"
-                _stage_b(out / "ablation", name, enc, seed, args.finetune)
-                r = _sample_eval(out / "ablation" / name, out / "ablation" / name / "samples", sample_args, eval_args)
-                results[arm].append({"seed": seed, key: r["metrics"][key]["mean"],
-                                     "pcc_identification": r["metrics"]["pcc_identification"]["mean"]})
-        summary = {arm: {m: {"mean": float(np.mean([x[m] for x in rs])), "std": float(np.std([x[m] for x in rs]))}
-                         for m in (key, "pcc_identification")} for arm, rs in results.items()}
-        diff = summary["pretrained"][key]["mean"] - summary["random"][key]["mean"]
-        spread = max(summary["pretrained"][key]["std"], summary["random"][key]["std"])
-        claims["pretraining_helps"] = {"per_seed": results, "summary": summary, "difference": float(diff),
-                                       "largest_seed_std": float(spread), "holds": bool(diff > spread)}
-        lines = ["| stage B encoder | " + key + " (mean ± std over seeds) | PCC identification |", "|---|---|---|"]
-        for arm in arms:
-            s = summary[arm]
-            lines.append(f"| {arm} | {s[key]['mean']:.4f} ± {s[key]['std']:.4f} | "
-                         f"{s['pcc_identification']['mean']:.4f} ± {s['pcc_identification']['std']:.4f} |")
-        atomic_write_text(out / "ablation" / "ablation.md", "\n".join(lines) + "\n")
+        claims["pretraining_helps"] = _ablation(out, args, sample_args, eval_args)
     claims["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(out / "claims.json", claims)
-    report = [
-        "# mindvis on the synthetic world", "",
-        f"Reconstructions of the held-out test set (ground truth first, then {args.num_samples} samples): "
-        "[samples/grid.png](samples/grid.png). Loss curves: [stage A](loss_curve_pretrain.png), "
-        "[stage B](loss_curve_finetune.png). Resolved configs: [configs/](configs/).", "",
-        "## Claims", "",
-        f"1. Decoding works: {key} = {acc['mean']:.3f} (std over {ev['settings']['n_images']} test images "
-        f"{acc['std']:.3f}; chance {acc['chance']:.3f}): {'above chance' if claims['decoding']['above_chance'] else 'NOT clearly above chance'}.",
+
+    d = claims["decoding"]
+    ceiling_text = (f" The prior itself, given the true test labels, reaches {d['prior_ceiling']:.3f} "
+                    "([prior_ceiling/eval.md](prior_ceiling/eval.md)): the most decoding through it can reach."
+                    if ceiling else "")
+    lines = [
+        f"1. Decoding works: {key} = {acc['mean']:.3f} (std over {n_img} test images {acc['std']:.3f}; chance "
+        f"{acc['chance']:.3f}): {'above chance' if d['above_chance'] else 'NOT clearly above chance'}.{ceiling_text}",
         f"3. Masked modeling learned the data: held-out masked-patch MSE {h['model']['mse']:.3f} vs per-voxel mean "
         f"{h['voxel_mean']['mse']:.3f} and nearest visible patch {h['nearest_patch']['mse']:.3f}: "
         f"{'below both baselines' if a['beats_baselines'] else 'NOT below both baselines'}.",
     ]
     if args.ablation:
         c = claims["pretraining_helps"]
-        report.insert(-1, f"2. Pretraining helps: {key} with the stage-A encoder minus with a random encoder = "
-                          f"{c['difference']:.4f} over {args.seeds} seeds (largest seed std {c['largest_seed_std']:.4f}): "
-                          f"{'holds' if c['holds'] else 'does NOT hold'} (table: [ablation/ablation.md](ablation/ablation.md)).")
-    report += ["", "## Evaluation", "", (out / "samples" / "eval.md").read_text(), f"Total time: {claims['seconds']} s."]
+        lines.insert(1, f"2. Pretraining helps: test {key} with the stage-A encoder minus with a random encoder = "
+                        f"{c['difference']:.4f} over {args.seeds} seeds (largest seed std {c['largest_seed_std']:.4f}): "
+                        f"{'holds' if c['holds'] else 'does NOT hold'}. Validation scores and the encoder rate "
+                        "selected on them: [ablation/ablation.md](ablation/ablation.md).")
+    report = ["# mindvis on the synthetic world", "",
+              f"Reconstructions of the held-out test set (ground truth first, then {args.num_samples} samples): "
+              "[samples/grid.png](samples/grid.png). Loss curves: [stage A](loss_curve_pretrain.png), "
+              "[stage B](loss_curve_finetune.png). Resolved configs: [configs/](configs/).", "",
+              "## Claims", "", *lines, "", "## Evaluation", "", (out / "samples" / "eval.md").read_text(),
+              f"Total time: {claims['seconds']} s."]
     atomic_write_text(out / "REPORT.md", "\n".join(report) + "\n")
-    print("\n".join(report[4:4 + 3 + int(args.ablation)]))
+    print("\n".join(lines))
     print(f"\nreport: {out / 'REPORT.md'}")
     return 0
 

@@ -14,16 +14,26 @@ def test_demo_chain_writes_every_artifact_and_they_reload(cache_dir, tiny_prior,
     world = world_overrides(cache_dir)
     out = tmp_path / "demo"
     assert main(["--out", str(out), "--steps", "2", "--num-samples", "2", "--ablation", "--seeds", "2",
+                 "--encoder-lrs", "1e-4", "1e-3",
                  "--pretrain", *world, *TINY_TRAIN, "train.epochs=2", "train.checkpoint_every=2",
                  "--finetune", *world, *TINY_FINETUNE, f"model.prior={tiny_prior}", "train.epochs=2",
                  "--eval=--n-way 5 --trials 5"]) == 0
     for f in ("REPORT.md", "claims.json", "samples/grid.png", "samples/images/0000_gt.png", "samples/eval.json",
               "samples/eval.md", "loss_curve_pretrain.png", "loss_curve_finetune.png", "configs/pretrain.yaml",
-              "configs/finetune.yaml", "configs/sample.json", "ablation/ablation.md"):
+              "configs/finetune.yaml", "configs/sample.json", "ablation/ablation.md", "prior_ceiling/eval.json"):
         assert (out / f).is_file(), f
     claims = json.loads((out / "claims.json").read_text())
     assert set(claims) >= {"decoding", "masked_modeling", "pretraining_helps"}
-    assert len(claims["pretraining_helps"]["per_seed"]["random"]) == 2
+    ablation = claims["pretraining_helps"]
+    assert len(ablation["rows"]) == 4  # 2 arms x 2 encoder rates
+    for arm in ("pretrained", "random"):
+        rows = [r for r in ablation["rows"] if r["arm"] == arm]
+        best = max(rows, key=lambda r: r["val"]["pcc_identification"]["mean"])
+        assert [r["selected"] for r in rows] == [r is best for r in rows]  # selected on validation ...
+        assert all(len(r["per_seed"]) == 2 and ("test" in r) == r["selected"] for r in rows)  # ... tested once
+        assert ablation["test"][arm] == best["test"]
+        assert (out / "ablation" / best["per_seed"][0]["run"] / "samples" / "eval.json").is_file()
+    assert 0 <= claims["decoding"]["prior_ceiling"] <= 1
     assert MaskedBrainModel.from_pretrained(out / "pretrain" / "model").config.embed_dim == 32
     DCLDM.from_pretrained(out / "finetune" / "best")
     with np.load(out / "samples" / "samples.npz") as z:
