@@ -62,7 +62,8 @@ def resolve_prior(cfg: DictConfig) -> str:
     return str(ensure_synthetic_prior(OmegaConf.to_object(cfg.data.synthetic), cfg.data.cache_dir or None))
 
 
-def build_model(cfg: DictConfig, num_voxels: int, enc_cfg: MBMConfig, enc_weights: dict | None) -> DCLDM:
+def build_encoder(cfg: DictConfig, num_voxels: int, enc_cfg: MBMConfig, enc_weights: dict | None) -> FMRIEncoder:
+    """The SC-MBM encoder for ``num_voxels`` voxels, with the stage-A weights (positions resized if needed)."""
     m = cfg.model
     if num_voxels % enc_cfg.patch_size or num_voxels // enc_cfg.patch_size < 2:
         raise DataError(f"the encoder (patch size {enc_cfg.patch_size}) cannot take {num_voxels} voxels: it needs a "
@@ -73,6 +74,12 @@ def build_model(cfg: DictConfig, num_voxels: int, enc_cfg: MBMConfig, enc_weight
     encoder = FMRIEncoder(MBMConfig(**{**asdict(enc_cfg), "num_voxels": num_voxels}), global_pool=m.global_pool)
     if enc_weights is not None:
         encoder.load_mbm_state_dict(enc_weights)
+    return encoder
+
+
+def build_model(cfg: DictConfig, num_voxels: int, enc_cfg: MBMConfig, enc_weights: dict | None) -> DCLDM:
+    m = cfg.model
+    encoder = build_encoder(cfg, num_voxels, enc_cfg, enc_weights)
     unet, vae, sched = load_prior(resolve_prior(cfg), time_conditioned=m.time_cond, cache_dir=cfg.data.cache_dir or None)
     ccfg = ConditionerConfig(encoder=asdict(encoder.config), context_dim=unet.config.cross_attention_dim,
                              time_embed_dim=unet.time_embedding.linear_2.out_features, global_pool=m.global_pool,

@@ -34,6 +34,8 @@ def test_demo_chain_writes_every_artifact_and_they_reload(cache_dir, tiny_prior,
         assert ablation["test"][arm] == best["test"]
         assert (out / "ablation" / best["per_seed"][0]["run"] / "samples" / "eval.json").is_file()
     assert 0 <= claims["decoding"]["prior_ceiling"] <= 1
+    assert set(ablation["linear_probe"]) == {"pretrained", "random", "voxels"}
+    assert all(0 <= p["test_identification"]["mean"] <= 1 for p in ablation["linear_probe"].values())
     assert MaskedBrainModel.from_pretrained(out / "pretrain" / "model").config.embed_dim == 32
     DCLDM.from_pretrained(out / "finetune" / "best")
     with np.load(out / "samples" / "samples.npz") as z:

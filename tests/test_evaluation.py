@@ -149,3 +149,19 @@ def test_sample_from_an_fmri_file_and_bad_inputs(finetuned, tmp_path, capsys):
     shutil.rmtree(broken / "vae")
     assert sample_main(["--model", str(broken), "--out", str(tmp_path)]) == 2
     assert "missing ['vae']" in capsys.readouterr().err
+
+
+def test_linear_probe_reads_out_informative_features_and_not_noise():
+    from mindvis.evaluation.probe import probe_identification
+
+    rng = np.random.default_rng(0)
+    images = {k: rng.normal(size=(n, 3, 4, 4)) for k, n in (("train", 200), ("val", 40), ("test", 40))}
+    mixing = rng.normal(size=(48, 64))
+    informative = {k: v.reshape(len(v), -1) @ mixing + 0.1 * rng.normal(size=(len(v), 64)) for k, v in images.items()}
+    noise = {k: rng.normal(size=(len(v), 64)) for k, v in images.items()}
+    good = probe_identification(informative, images)
+    assert good["val_identification"] > 0.95 and good["test_identification"] > 0.95
+    bad = probe_identification(noise, images)
+    assert abs(bad["test_identification"] - 0.5) < 0.1
+    with pytest.raises(ValueError, match="val: 40 feature rows but 39 targets"):
+        probe_identification(informative, {**images, "val": images["val"][:39]})

@@ -71,7 +71,7 @@ def test_only_the_intended_parameters_get_gradients(cache_dir, tmp_path, tiny_pr
 
 
 def test_finetune_run_writes_checkpoints_grids_and_selects_on_validation(cache_dir, tmp_path, tiny_prior):
-    cfg = make_cfg(cache_dir, tmp_path, tiny_prior, "train.epochs=4", "train.lr=3e-3")
+    cfg = make_cfg(cache_dir, tmp_path, tiny_prior, "train.epochs=4", "train.lr=3e-3", "train.select_metric=val_loss")
     data = engine.build_stage_b_data(cfg.data, 16, cfg.train.seed)
     before = engine.evaluate_loss(engine.build_model(cfg, data.num_voxels, *engine.load_encoder(cfg)), data.train,
                                   16, 0, 8, "cpu")["loss"]
@@ -129,6 +129,19 @@ def test_selection_on_validation_identification(cache_dir, tmp_path, tiny_prior)
     cfg = make_cfg(cache_dir, tmp_path, tiny_prior, "train.select_metric=test_loss")
     with pytest.raises(Exception, match="select_metric must be"):
         engine.finetune(cfg, run_name="bad")
+
+
+def test_prior_draws_its_own_classes(tiny_prior, tmp_path):
+    from mindvis.finetune.prior import sample_classes
+
+    a = sample_classes(tiny_prior, [0, 1, 2], num_samples=2, steps=3, seed=1)
+    assert a.shape == (3, 2, 3, 16, 16) and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, sample_classes(tiny_prior, [0, 1, 2], num_samples=2, steps=3, seed=1, batch_size=4))
+    n_classes = json.loads((tiny_prior / "class_embedder" / "config.json").read_text())["num_classes"]
+    with pytest.raises(ValueError, match="class ids must lie in"):
+        sample_classes(tiny_prior, [n_classes])  # the null class is not a class
+    with pytest.raises(FileNotFoundError, match="not a class-conditional prior"):
+        sample_classes(tmp_path, [0])
 
 
 def test_cli_errors(cache_dir, tmp_path, tiny_prior, capsys):
