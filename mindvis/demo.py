@@ -1,12 +1,14 @@
 """mindvis-demo: the whole MinD-Vis pipeline on the synthetic world, with the same commands and presets a
 researcher uses on real data: stage A (``mindvis-pretrain --data synthetic``), stage B (``mindvis-finetune
 --dataset synthetic``), sampling of the test set (``mindvis-sample``) and evaluation (``mindvis-eval``), then a
-report of the paper's claims.
+report of the paper's claims. The report also gives the prior's ceiling: the test classes drawn by the prior
+from their true labels and scored the same way.
 
 ``--ablation`` adds claim 2: stage B from the stage-A encoder and from a randomly initialised encoder over
 several seeds. Every run is scored on its validation split (classes carved from training); with several
 ``--encoder-lrs`` each arm takes the rate with the best validation score, and only the selected runs are
-scored on the test set.
+scored on the test set. A linear probe (ridge from frozen features to the stimulus pixels) of the stage-A
+encoder, a random encoder and the raw voxels shows what pretraining gives before any diffusion training.
 """
 from __future__ import annotations
 

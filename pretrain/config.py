@@ -37,9 +37,9 @@ class DataConfig:
     pad_mode: str = "exact"  # exact | original (adds a whole patch when V divides; released checkpoints)
     aug_times: int = 1  # interpolation augmentation: (aug_times - 1) x extra midpoints of random pairs
     zero_voxels: float = 0.0  # fraction of voxels zeroed per sample (the original's intended 0.2 was a no-op)
-    include_god: bool = False  # stage A1: add GOD training fMRI to HCP (the original's include_kam)
-    god_path: str = ""
-    god_subjects: List[str] = field(default_factory=lambda: ["sbj_1", "sbj_2", "sbj_3", "sbj_4", "sbj_5"])
+    include_god: bool = False  # stage A1: add GOD training fMRI to HCP (the original's include_kam, on by default there)
+    god_path: str = ""  # the GOD folder; empty with source=synthetic: the world's GOD-like subjects
+    god_subjects: List[str] = field(default_factory=list)  # empty: sbj_1..sbj_5 (GOD), every synthetic subject
     god_include_test: bool = False  # stage A2: also tune on the (unlabelled) averaged test fMRI, as the original
     holdout_subjects: int = 1  # HCP: last subjects held out for the summary (when there are more)
     holdout_fraction: float = 0.1  # otherwise: fraction of samples held out

@@ -41,6 +41,17 @@ def resolve_source(cfg: DataConfig) -> tuple[str, Path]:
     return cfg.source, Path(cfg.path)
 
 
+def _god_for_stage_a1(cfg: DataConfig) -> tuple[Path, list[str]]:
+    """The GOD folder and subjects whose training fMRI joins the resting state (data.include_god)."""
+    if cfg.god_path:
+        return Path(cfg.god_path), list(cfg.god_subjects) or list(GOD_SUBJECTS)
+    if cfg.source != "synthetic":
+        raise DataError("data.include_god needs data.god_path (the GOD folder)")
+    world = OmegaConf.to_object(cfg.synthetic) if isinstance(cfg.synthetic, DictConfig) else cfg.synthetic
+    root = ensure_world(world, parts=("god",), cache_dir=cfg.cache_dir or None) / "GOD"
+    return root, list(cfg.god_subjects) or [f"sbj_{i + 1}" for i in range(world.god_subjects)]
+
+
 def build_stage_a_data(cfg: DataConfig, patch_size: int, seed: int, num_voxels: int | None = None,
                        progress=None) -> StageAData:
     """Training and held-out datasets. ``num_voxels`` (from ``--init``) fixes the model's voxel count."""
@@ -53,10 +64,8 @@ def build_stage_a_data(cfg: DataConfig, patch_size: int, seed: int, num_voxels: 
         n_hold = cfg.holdout_subjects if len(arrays) > cfg.holdout_subjects else 0
         train_arrays, hold_arrays = arrays[: len(arrays) - n_hold], arrays[len(arrays) - n_hold:]
         if cfg.include_god:
-            if not cfg.god_path:
-                raise DataError("data.include_god needs data.god_path (the GOD folder)")
-            train_arrays = train_arrays + god_fmri(cfg.god_path, cfg.god_subjects, cfg.roi,
-                                                   patch_size, cfg.pad_mode)
+            god_root, god_subjects = _god_for_stage_a1(cfg)
+            train_arrays = train_arrays + god_fmri(god_root, god_subjects, cfg.roi, patch_size, cfg.pad_mode)
         desc = f"HCP {root}: {len(train_arrays)} training arrays, {n_hold} held-out subject(s)"
     else:
         subjects = list(cfg.subjects) or (["sbj_1"] if cfg.source == "synthetic-god" else list(GOD_SUBJECTS))

@@ -27,8 +27,8 @@ def make_cfg(cache_dir, out, *extra, preset="synthetic"):
 @pytest.fixture(scope="module")
 def trained(tiny_world, cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    cfg = make_cfg(cache_dir, out, "train.epochs=6", "train.checkpoint_every=3")
-    summary = engine.pretrain(cfg, run_name="a1")
+    cfg = make_cfg(cache_dir, out, "train.epochs=6", "train.checkpoint_every=3", "data.include_god=false")
+    summary = engine.pretrain(cfg, run_name="a1")  # resting state only, as the paper's HCP preset
     return out / "a1", summary
 
 
@@ -57,7 +57,7 @@ def test_saved_model_reloads_to_the_same_numbers(trained):
 
 def test_resume_repeats_the_uninterrupted_run(tiny_world, cache_dir, tmp_path, monkeypatch, trained):
     run_full, _ = trained
-    cfg = make_cfg(cache_dir, tmp_path, "train.epochs=6", "train.checkpoint_every=3")
+    cfg = make_cfg(cache_dir, tmp_path, "train.epochs=6", "train.checkpoint_every=3", "data.include_god=false")
     real_save = engine._save_checkpoint
 
     def killed_after_first_checkpoint(*args, **kwargs):
@@ -78,6 +78,21 @@ def test_resume_repeats_the_uninterrupted_run(tiny_world, cache_dir, tmp_path, m
     b = MaskedBrainModel.from_pretrained(tmp_path / "killed/model").state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_god_training_fmri_joins_the_resting_state(tiny_world, cache_dir, tmp_path):
+    from mindvis.pretrain.data import _god_for_stage_a1, build_stage_a_data
+
+    rest = make_cfg(cache_dir, tmp_path, "data.include_god=false")
+    both = make_cfg(cache_dir, tmp_path)  # the synthetic preset: include_god, the world's GOD subjects
+    a = build_stage_a_data(rest.data, 16, 0)
+    b = build_stage_a_data(both.data, 16, 0)
+    assert (a.num_voxels, b.num_voxels) == (144, 176)  # HCP V1-V4 vs the GOD subject's visual cortex
+    n_god_train = 6 * 2  # the tiny world's GOD training trials (6 classes x 2 images; no test fMRI)
+    assert len(b.train) + len(b.holdout) == len(a.train) + len(a.holdout) + n_god_train
+    real = build_config(PretrainConfig, preset_path("pretrain", "hcp"), ["data.include_god=true", "data.path=x"])
+    with pytest.raises(DataError, match="data.include_god needs data.god_path"):
+        _god_for_stage_a1(real.data)
 
 
 def test_stage_a2_voxel_count_must_match_init(trained, cache_dir, tmp_path):
