@@ -173,7 +173,7 @@ def sample_classes(prior: str | Path, class_ids, num_samples: int = 5, steps: in
     from diffusers import UNet2DConditionModel, VQModel
     from safetensors.torch import load_file
 
-    from mindvis.pipelines.mindvis_pipeline import make_scheduler
+    from mindvis.pipelines.mindvis_pipeline import denoise, make_scheduler
 
     prior = Path(prior)
     if not (prior / "class_embedder" / "model.safetensors").is_file():
@@ -191,11 +191,9 @@ def sample_classes(prior: str | Path, class_ids, num_samples: int = 5, steps: in
                           generator=torch.Generator().manual_seed(seed))
     out = []
     for start in range(0, len(y), batch_size):
-        x, context = latents[start:start + batch_size], table[y[start:start + batch_size]][:, None]
-        sched.set_timesteps(steps)
-        x = x * sched.init_noise_sigma
-        for t in sched.timesteps:
-            x = sched.step(unet(sched.scale_model_input(x, t), t, encoder_hidden_states=context).sample, t, x).prev_sample
+        context = table[y[start:start + batch_size]][:, None]
+        x = denoise(sched, latents[start:start + batch_size], steps,
+                    lambda x, t: unet(x, t, encoder_hidden_states=context).sample)
         out.append(((vae.decode(x / vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1))
     images = torch.cat(out)
     return images.view(-1, num_samples, *images.shape[1:])

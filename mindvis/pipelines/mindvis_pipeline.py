@@ -37,6 +37,15 @@ def make_scheduler(name: str, train_config: dict):
     raise ValueError(f"unknown scheduler {name!r}; choose one of {SCHEDULERS}")
 
 
+def denoise(sched, latents: torch.Tensor, num_inference_steps: int, predict_noise) -> torch.Tensor:
+    """Run ``sched`` from noise ``latents`` to clean latents; ``predict_noise(x, t)`` is the model's epsilon."""
+    sched.set_timesteps(num_inference_steps)
+    x = latents * sched.init_noise_sigma
+    for t in sched.timesteps:
+        x = sched.step(predict_noise(sched.scale_model_input(x, t), t), t, x).prev_sample
+    return x
+
+
 class MindVisPipeline:
     """A DC-LDM with a sampling loop. ``save_pretrained`` / ``from_pretrained`` use the DC-LDM folder layout."""
 
@@ -78,13 +87,9 @@ class MindVisPipeline:
         sched = make_scheduler(scheduler, m.scheduler_config)
         outs, lats = [], []
         for start in tqdm(range(0, shape[0], batch_size), desc="sampling", disable=not progress, leave=False):
-            x = latents[start:start + batch_size].to(self.device)
             context, time_emb = m.condition(fmri[start:start + batch_size])
-            sched.set_timesteps(num_inference_steps)
-            x = x * sched.init_noise_sigma
-            for t in sched.timesteps:
-                eps = m.predict_noise(sched.scale_model_input(x, t), t, context, time_emb)
-                x = sched.step(eps, t, x).prev_sample
+            x = denoise(sched, latents[start:start + batch_size].to(self.device), num_inference_steps,
+                        lambda x, t: m.predict_noise(x, t, context, time_emb))
             lats.append(x.cpu())
             outs.append(((m.decode_latents(x) + 1) / 2).clamp(0, 1).cpu())
         images = torch.cat(outs).view(n, num_samples, *outs[0].shape[1:])
