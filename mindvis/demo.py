@@ -103,27 +103,26 @@ def _probe(out: Path, args, image_size: int) -> dict:
     from .finetune.data import build_stage_b_data
     from .finetune.engine import build_encoder, load_encoder
 
+    def config(encoder):
+        return build_config(FinetuneConfig, preset_path("finetune", "synthetic"),
+                            [f"output_dir={out}", f"model.encoder={encoder}", *args.finetune])
+
+    cfg = config(out / "pretrain")
+    encoders = {"pretrained": load_encoder(cfg), "random": load_encoder(config("random"))}
     scores = {}
     for seed in range(args.seeds):
-        data = None
-        for name, enc in (("pretrained", str(out / "pretrain")), ("random", "random"), ("voxels", None)):
-            cfg = build_config(FinetuneConfig, preset_path("finetune", "synthetic"),
-                               [f"output_dir={out}", f"model.encoder={enc or 'random'}", *args.finetune])
-            enc_cfg, weights = load_encoder(cfg)
-            if data is None:
-                data = build_stage_b_data(cfg.data, enc_cfg.patch_size, seed)
-                splits = {"train": data.train, "val": data.val, "test": data.test}
-                targets = {k: np.stack([PairedDataset(s, image_size, train=False).image_tensor(i, False).numpy()
-                                        for i in range(len(s))]) for k, s in splits.items()}
-            if enc is None:
-                feats = {k: s.fmri for k, s in splits.items()}
-            else:
-                torch.manual_seed(seed)
-                encoder = build_encoder(cfg, data.num_voxels, enc_cfg, weights).eval()
-                with torch.no_grad():
-                    feats = {k: encoder(torch.from_numpy(np.asarray(s.fmri, np.float32))[:, None]).flatten(1).numpy()
-                             for k, s in splits.items()}
+        data = build_stage_b_data(cfg.data, encoders["pretrained"][0].patch_size, seed)
+        splits = {"train": data.train, "val": data.val, "test": data.test}
+        targets = {k: np.stack([PairedDataset(s, image_size, train=False).image_tensor(i, False).numpy()
+                                for i in range(len(s))]) for k, s in splits.items()}
+        for name, (enc_cfg, weights) in encoders.items():
+            torch.manual_seed(seed)
+            encoder = build_encoder(cfg, data.num_voxels, enc_cfg, weights).eval()
+            with torch.no_grad():
+                feats = {k: encoder(torch.from_numpy(np.asarray(s.fmri, np.float32))[:, None]).flatten(1).numpy()
+                         for k, s in splits.items()}
             scores.setdefault(name, []).append(probe_identification(feats, targets))
+        scores.setdefault("voxels", []).append(probe_identification({k: s.fmri for k, s in splits.items()}, targets))
     return {name: {m: _mean_std([r[m] for r in rs]) for m in ("val_identification", "test_identification")}
             for name, rs in scores.items()}
 
