@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from mindvis.config import ConfigError, build_config, save_config
 from mindvis.data.fmri import DataError
-from mindvis.data.synthetic import SyntheticWorld, default_cache_dir
+from mindvis.data.synthetic import SyntheticWorld, SyntheticWorldConfig, default_cache_dir
 from mindvis.models.priors import LDM_SCHEDULE
 from mindvis.utils.io import atomic_dir, atomic_write_json
 from mindvis.utils.plots import plot_loss_curves
@@ -200,10 +200,13 @@ def sample_classes(prior: str | Path, class_ids, num_samples: int = 5, steps: in
 
 
 def prior_fingerprint(cfg: PriorConfig) -> str:
+    """A short hash of the prior's settings; of the world, only what decides the images counts."""
     import hashlib
 
-    return hashlib.sha1(json.dumps(OmegaConf.to_container(OmegaConf.structured(cfg)), sort_keys=True)
-                        .encode()).hexdigest()[:12]
+    settings = OmegaConf.to_container(OmegaConf.structured(cfg))
+    world = SyntheticWorldConfig(**settings.pop("synthetic"))
+    settings["synthetic_images"] = world.image_settings()
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def ensure_synthetic_prior(world_cfg, cache_dir=None) -> Path:

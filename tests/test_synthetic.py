@@ -98,3 +98,16 @@ def test_synth_command(tmp_path):
     assert synth_main(args) == 0
     assert (tmp_path / "w" / "GOD" / "sbj_1.npz").is_file() and not (tmp_path / "w" / "HCP").exists()
     assert synth_main(["--out", str(tmp_path / "x"), "no_such_key=1"]) == 2
+
+
+def test_image_only_caches_ignore_brain_settings():
+    """The prior and the classifier see only images: noise or brain settings must not retrain them."""
+    from mindvis.finetune.prior import PriorConfig, prior_fingerprint
+
+    base = SyntheticWorldConfig(**TINY_WORLD)
+    noisier = SyntheticWorldConfig(**{**TINY_WORLD, "snr": 0.1, "hcp_subjects": 2})
+    other_images = SyntheticWorldConfig(**{**TINY_WORLD, "seed": 1})
+    assert base.image_settings() == noisier.image_settings() != other_images.image_settings()
+    assert prior_fingerprint(PriorConfig(synthetic=base)) == prior_fingerprint(PriorConfig(synthetic=noisier))
+    assert prior_fingerprint(PriorConfig(synthetic=base)) != prior_fingerprint(PriorConfig(synthetic=other_images))
+    assert prior_fingerprint(PriorConfig(synthetic=base)) != prior_fingerprint(PriorConfig(synthetic=base, lr=1e-4))

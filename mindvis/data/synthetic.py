@@ -88,6 +88,11 @@ class SyntheticWorldConfig:
         """A short hash of the settings, naming the cache folder of this world."""
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
+    def image_settings(self) -> dict:
+        """The settings that decide the classes and their renders. Brains and noise leave them unchanged, so
+        what is trained on images only (the prior, the classifier) is keyed by these."""
+        return {k: getattr(self, k) for k in ("seed", "image_size", "n_train_classes", "n_test_classes")}
+
 
 # ---------------------------------------------------------------------------------------- images
 def class_attributes(n_classes: int, rng: np.random.Generator) -> list[dict]:

@@ -171,13 +171,11 @@ def train_synthetic_classifier(world_cfg, image_size: int, out: str | os.PathLik
 
 def synthetic_classifier(world_cfg, image_size: int, cache_dir=None) -> ImageClassifier:
     """The cached classifier of this world at this image size (trained on first use)."""
-    from dataclasses import asdict
-
     from safetensors.torch import load_file
 
     from ..data.synthetic import default_cache_dir
 
-    key = hashlib.sha1(json.dumps({"world": asdict(world_cfg), "size": image_size}, sort_keys=True).encode())
+    key = hashlib.sha1(json.dumps({"world": world_cfg.image_settings(), "size": image_size}, sort_keys=True).encode())
     folder = Path(cache_dir or default_cache_dir()) / "classifiers" / f"synthetic-{key.hexdigest()[:12]}"
     if not (folder / "model.safetensors").is_file():
         train_synthetic_classifier(world_cfg, image_size, folder)
