@@ -30,9 +30,13 @@ def test_demo_chain_writes_every_artifact_and_they_reload(cache_dir, tiny_prior,
         rows = [r for r in ablation["rows"] if r["arm"] == arm]
         best = max(rows, key=lambda r: r["val"]["pcc_identification"]["mean"])
         assert [r["selected"] for r in rows] == [r is best for r in rows]  # selected on validation ...
-        assert all(len(r["per_seed"]) == 2 and ("test" in r) == r["selected"] for r in rows)  # ... tested once
-        assert ablation["test"][arm] == best["test"]
-        assert (out / "ablation" / best["per_seed"][0]["run"] / "samples" / "eval.json").is_file()
+        assert all(len(r["per_seed"]) == 2 and ("test" in r) == ("test_trials" in r) == r["selected"]
+                   for r in rows)  # ... tested once, on the repetition averages and on the single trials
+        run = out / "ablation" / best["per_seed"][0]["run"]
+        assert json.loads((run / "samples" / "eval.json").read_text())["settings"]["n_images"] == 4
+        assert json.loads((run / "samples-trials" / "eval.json").read_text())["settings"]["n_images"] == 4 * 2
+    for verdict in (ablation, ablation["single_trials"]):
+        assert verdict["holds"] == (verdict["difference"] > verdict["largest_seed_std"])
     assert 0 <= claims["decoding"]["prior_ceiling"] <= 1
     assert set(ablation["linear_probe"]) == {"pretrained", "random", "voxels"}
     assert all(0 <= p["test_identification"]["mean"] <= 1 for p in ablation["linear_probe"].values())

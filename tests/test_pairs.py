@@ -9,7 +9,7 @@ from PIL import Image
 
 from mindvis.data.fmri import DataError
 from mindvis.data.pairs import (PairedDataset, PairedSplit, bold5000_pairs, concat_splits, god_pairs,
-                                god_pairs_bdata, group_split, imagenet_name, load_image_dict)
+                                god_pairs_bdata, group_split, imagenet_name, load_image_dict, single_trials)
 
 from .conftest import TINY_WORLD
 
@@ -25,6 +25,14 @@ def test_god_mindvis_layout(tiny_world):
     assert set(test.labels) == set(range(TINY_WORLD["n_train_classes"], TINY_WORLD["n_train_classes"] + N_TEST))
     _, test_trials = god_pairs(tiny_world / "GOD", ["sbj_1"], "VC", 16, include_test_trials=True)
     assert len(test_trials) == N_TEST * (1 + TINY_WORLD["test_repeats"])
+    singles = single_trials(test_trials)
+    assert len(singles) == N_TEST * TINY_WORLD["test_repeats"]
+    np.testing.assert_array_equal(singles.labels, np.tile(test.labels, TINY_WORLD["test_repeats"]))
+    # the repetition average of the single trials is the averaged test fMRI (the same z-scoring)
+    reps = singles.fmri.reshape(TINY_WORLD["test_repeats"], N_TEST, -1)
+    np.testing.assert_allclose(reps.mean(0), test.fmri, atol=1e-5)
+    with pytest.raises(DataError, match="no single trials"):
+        single_trials(test)
     # the image of a training trial is the one arr_3 names
     with np.load(tiny_world / "GOD" / "sbj_1.npz") as z, np.load(tiny_world / "GOD" / "images_256.npz") as im:
         assert np.array_equal(train.images[3], im["train_images"][z["arr_3"][3]])
@@ -81,6 +89,9 @@ def test_bold5000_layout(tiny_world):
     assert set(train.ids).isdisjoint(test.ids)
     _, trials = bold5000_pairs(tiny_world / "BOLD5000", ["CSI1"], 16, include_test_trials=True)
     assert len(trials) == TINY_WORLD["bold5000_test_images"] * (1 + TINY_WORLD["bold5000_test_repeats"])
+    singles = single_trials(trials)
+    assert len(singles) == TINY_WORLD["bold5000_test_images"] * TINY_WORLD["bold5000_test_repeats"]
+    assert {i.split("#")[0] for i in singles.ids} == set(test.ids)
 
 
 def test_image_dictionary_is_read_without_running_code(tmp_path):

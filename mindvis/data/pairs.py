@@ -113,14 +113,16 @@ def god_pairs(root: str | os.PathLike, subjects=("sbj_3",), roi: str = "VC", pat
                                   np.array([_label(train_ids[i], syn) for i in idx]), [train_ids[i] for i in idx],
                                   ["god"] * len(idx)))
         test_fmri, test_idx = [normalize(d.test_avg, mean, std)[0]], list(range(len(test_images)))
+        row_ids = list(test_ids)
         if include_test_trials:
             reps = len(d.test_trials) // len(test_images)
             test_fmri.append(normalize(d.test_trials, mean, std)[0])
             test_idx += list(range(len(test_images))) * reps
+            row_ids += [single_trial_id(test_ids[i], r) for r in range(reps) for i in range(len(test_images))]
         test_idx = np.array(test_idx)
         tests.append(PairedSplit(pad_to_patch_size(np.concatenate(test_fmri), patch_size, pad_mode),
                                  test_images[test_idx], np.array([_label(test_ids[i], syn) for i in test_idx]),
-                                 [test_ids[i] for i in test_idx], ["god"] * len(test_idx)))
+                                 row_ids, ["god"] * len(test_idx)))
     return concat_splits(trains), concat_splits(tests)
 
 
@@ -280,17 +282,36 @@ def bold5000_pairs(root: str | os.PathLike, subjects=("CSI1",), patch_size: int 
         train_idx = [i for i in range(len(names)) if i not in test_rows]
         test_fmri = [np.stack([x[g].mean(0) for g in groups])]
         test_names = [names[g[0]] for g in groups]
+        row_ids = list(test_names)
         if include_test_trials:
             flat = [i for g in groups for i in g]
             test_fmri.append(x[flat])
             test_names += [names[i] for i in flat]
+            row_ids += [single_trial_id(names[i], r) for g in groups for r, i in enumerate(g)]
         trains.append(PairedSplit(pad_to_patch_size(x[train_idx], patch_size, pad_mode),
                                   np.stack([img(names[i]) for i in train_idx]), np.full(len(train_idx), -1),
                                   [names[i] for i in train_idx], ["bold5000"] * len(train_idx)))
         tests.append(PairedSplit(pad_to_patch_size(np.concatenate(test_fmri), patch_size, pad_mode),
-                                 np.stack([img(n) for n in test_names]), np.full(len(test_names), -1), test_names,
+                                 np.stack([img(n) for n in test_names]), np.full(len(test_names), -1), row_ids,
                                  ["bold5000"] * len(test_names)))
     return concat_splits(trains), concat_splits(tests)
+
+
+def single_trial_id(stimulus_id: str, repeat: int) -> str:
+    """The id of one repetition of a test stimulus (test rows without it are repetition averages)."""
+    return f"{stimulus_id}{TRIAL_MARK}{repeat}"
+
+
+TRIAL_MARK = "#trial"
+
+
+def single_trials(split: PairedSplit) -> PairedSplit:
+    """The single-trial rows of a test split built with ``include_test_trials``."""
+    idx = [i for i, s in enumerate(split.ids) if TRIAL_MARK in s]
+    if not idx:
+        raise DataError("this test split has no single trials (data.include_test_trials is off or the dataset "
+                        "has no repetitions)")
+    return split.subset(idx)
 
 
 # ----------------------------------------------------------------------------- torch dataset

@@ -70,10 +70,16 @@ def split_from_run(model_dir: Path, split: str):
     cfg_path = model_dir.parent / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} is missing: --split needs the run folder's config (or use --fmri FILE)")
+    from ..data.pairs import single_trials
+
     cfg = build_config(FinetuneConfig, cfg_path)
+    if split == "test-trials":
+        cfg.data.include_test_trials = True
     enc = json.loads((model_dir / "conditioner" / "config.json").read_text())["encoder"]
     data = build_stage_b_data(cfg.data, enc["patch_size"], cfg.train.seed)
     world = OmegaConf.to_container(cfg.data.synthetic) if cfg.data.dataset == "synthetic" else None
+    if split == "test-trials":
+        return single_trials(data.test), world
     return {"test": data.test, "val": data.val, "train": data.train}[split], world
 
 
@@ -83,8 +89,9 @@ def main(argv=None) -> int:
                                 "array file for mindvis-eval.")
     p.add_argument("--model", required=True, help="a mindvis-finetune run folder (uses best/) or a DC-LDM folder")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--split", choices=["test", "val", "train"], default="test",
-                     help="pairs of the run's dataset, prepared as in training (default: test)")
+    src.add_argument("--split", choices=["test", "test-trials", "val", "train"], default="test",
+                     help="pairs of the run's dataset, prepared as in training (default: test, the repetition "
+                          "averages; test-trials: every single repetition of the test stimuli)")
     src.add_argument("--fmri", metavar="FILE", help="fMRI to decode instead: .npy/.npz/.h5, (N, voxels)")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="plms", help="sampler (default: plms, as the paper)")
     p.add_argument("--steps", type=int, default=250, help="denoising steps (paper: 250 PLMS)")
