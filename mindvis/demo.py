@@ -7,7 +7,8 @@ from their true labels and scored the same way.
 ``--ablation`` adds claim 2: stage B from the stage-A encoder and from a randomly initialised encoder over
 several seeds. Every run is scored on its validation split (classes carved from training); with several
 ``--encoder-lrs`` each arm takes the rate with the best validation score, and only the selected runs are
-scored on the test set. A linear probe (ridge from frozen features to the stimulus pixels) of the stage-A
+scored on the test set: on its repetition-averaged fMRI (the paper's protocol) and on every single repetition
+(the noise level stage B is trained and validated on). A linear probe (ridge from frozen features to the stimulus pixels) of the stage-A
 encoder, a random encoder and the raw voxels shows what pretraining gives before any diffusion training.
 """
 from __future__ import annotations
