@@ -8,8 +8,9 @@ from their true labels and scored the same way.
 several seeds. Every run is scored on its validation split (classes carved from training); with several
 ``--encoder-lrs`` each arm takes the rate with the best validation score, and only the selected runs are
 scored on the test set: on its repetition-averaged fMRI (the paper's protocol) and on every single repetition
-(the noise level stage B is trained and validated on). A linear probe (ridge from frozen features to the stimulus pixels) of the stage-A
-encoder, a random encoder and the raw voxels shows what pretraining gives before any diffusion training.
+(the noise level stage B is trained and validated on). A linear probe (ridge from frozen features to the
+stimulus pixels) of the stage-A encoder, a random encoder and the raw voxels shows what pretraining gives
+before any diffusion training.
 """
 from __future__ import annotations
 
@@ -147,12 +148,12 @@ def _ablation(out: Path, args, sample_args: list[str], eval_args: list[str], ima
                                                         SELECT_METRIC: r["metrics"][SELECT_METRIC]["mean"]}})
     selected = {arm: max(lrs, key=lambda lr: np.mean([x["val"][SELECT_METRIC] for x in runs[(arm, lr)]]))
                 for arm in arms}
-    tests = {"test": "samples", "test_trials": "samples-trials"}  # repetition averages, single repetitions
+    # record key -> (mindvis-sample split, folder): the repetition averages and the single repetitions
+    tests = {"test": ("test", "samples"), "test_trials": ("test-trials", "samples-trials")}
     for arm, lr in selected.items():
         for rec in runs[(arm, lr)]:
-            for split, folder in tests.items():
-                r = _sample_eval(root / rec["run"], root / rec["run"] / folder, split.replace("_", "-"),
-                                 sample_args, eval_args)
+            for split, (sample_split, folder) in tests.items():
+                r = _sample_eval(root / rec["run"], root / rec["run"] / folder, sample_split, sample_args, eval_args)
                 rec[split] = {key: r["metrics"][key]["mean"], SELECT_METRIC: r["metrics"][SELECT_METRIC]["mean"]}
     rows = []
     for (arm, lr), recs in runs.items():

@@ -297,12 +297,12 @@ def bold5000_pairs(root: str | os.PathLike, subjects=("CSI1",), patch_size: int 
     return concat_splits(trains), concat_splits(tests)
 
 
+TRIAL_MARK = "#trial"  # in the id of a single-trial test row; test rows without it are repetition averages
+
+
 def single_trial_id(stimulus_id: str, repeat: int) -> str:
-    """The id of one repetition of a test stimulus (test rows without it are repetition averages)."""
+    """The id of one repetition of a test stimulus."""
     return f"{stimulus_id}{TRIAL_MARK}{repeat}"
-
-
-TRIAL_MARK = "#trial"
 
 
 def single_trials(split: PairedSplit) -> PairedSplit:

@@ -60,18 +60,18 @@ def read_fmri_file(path: str | Path) -> np.ndarray:
 
 
 def split_from_run(model_dir: Path, split: str):
-    """The ``split`` pairs of the run that trained ``model_dir``, prepared as in training."""
+    """The ``split`` pairs of the run that trained ``model_dir``, prepared as in training; ``test-trials``: the
+    single repetitions of the test stimuli (``test`` holds their averages)."""
     from omegaconf import OmegaConf
 
     from ..config import build_config
+    from ..data.pairs import single_trials
     from ..finetune.config import FinetuneConfig
     from ..finetune.data import build_stage_b_data
 
     cfg_path = model_dir.parent / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} is missing: --split needs the run folder's config (or use --fmri FILE)")
-    from ..data.pairs import single_trials
-
     cfg = build_config(FinetuneConfig, cfg_path)
     if split == "test-trials":
         cfg.data.include_test_trials = True
