@@ -60,7 +60,7 @@ def resolve_config(args):
 
 
 def main(argv=None) -> int:
-    return run_training_command("mindvis-finetune", build_parser().parse_args(argv), resolve_config, finetune,
+    return run_training_command("mindvis-finetune", build_parser().parse_intermixed_args(argv), resolve_config, finetune,
                                 errors=(PriorFormatError,))
 
 

@@ -77,7 +77,8 @@ class FinetuneConfig:
 
 @dataclass
 class PriorConfig:
-    """A small latent diffusion prior (VQ-f4 autoencoder + class-conditional UNet) for CPU-sized worlds."""
+    """A small latent diffusion prior (VQ-f4 autoencoder + UNet) for CPU-sized worlds, conditioned on the class
+    (the label2img prior stage B starts from) or on an image embedding (a generator for decoded embeddings)."""
 
     images: str = "synthetic"  # "synthetic" (the world's classes, fresh renders) or an image folder
     image_size: int = 32  # CPU-sized: 8 x 8 x 3 latents, as the fixture prior
@@ -93,5 +94,7 @@ class PriorConfig:
     vq_lr: float = 1e-3
     lr: float = 1e-3  # latent diffusion
     seed: int = 0
+    condition: str = "class"  # class | embedding (the image's own embedding in `target`)
+    target: str = "synthetic"  # condition=embedding: the embedding space (mindvis.models.image_embedders)
     cache_dir: str = ""
     synthetic: SyntheticWorldConfig = field(default_factory=SyntheticWorldConfig)

@@ -5,6 +5,10 @@ cross-attention (UNet2DConditionModel), trained class-conditionally like the lab
 starts from: a class embedding is the single cross-attention token (a null class is dropped in 10 %
 of steps). The folder it writes (``unet/``, ``vae/``, ``scheduler/``, ``class_embedder/``) is a
 diffusers-style prior folder for ``mindvis-finetune model.prior=DIR``.
+
+With ``condition=embedding`` the single token is instead the image's own embedding in ``target`` (through an
+:class:`~mindvis.models.embedding_conditioner.EmbeddingConditioner`, saved as ``embedding_conditioner/``): a
+generator that turns decoded embeddings (``mindvis-align``) into images (``mindvis-sample --generator``).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from tqdm.auto import tqdm
 from mindvis.config import ConfigError, build_config, save_config
 from mindvis.data.fmri import DataError
 from mindvis.data.synthetic import SyntheticWorld, SyntheticWorldConfig, default_cache_dir
+from mindvis.models.image_embedders import EmbedderUnavailable
 from mindvis.models.priors import LDM_SCHEDULE
 from mindvis.utils.io import atomic_dir, atomic_write_json
 from mindvis.utils.plots import plot_loss_curves
@@ -98,6 +103,18 @@ def train_prior(cfg: PriorConfig, out: str | Path) -> Path:
     x_all = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, S, S)
     y_all = torch.from_numpy(classes).long()
     vae, unet, embedder = build_prior_models(cfg, n_classes)
+    if cfg.condition not in ("class", "embedding"):
+        raise ConfigError(f"condition={cfg.condition!r} is not allowed: must be class or embedding")
+    if cfg.condition == "embedding":
+        from mindvis.models.embedding_conditioner import EmbeddingConditioner, EmbeddingConditionerConfig
+        from mindvis.models.image_embedders import cached_embeddings, load_embedder
+
+        world = cfg.synthetic if cfg.images == "synthetic" else None
+        target_model = load_embedder(cfg.target, world, cfg.cache_dir or None)
+        cond_all = torch.from_numpy(cached_embeddings(target_model, imgs, cfg.cache_dir or None,
+                                                      str(world.image_settings()) if world else ""))
+        embedder = EmbeddingConditioner(EmbeddingConditionerConfig(cond_all.shape[1], cfg.context_dim, cfg.target))
+        log.info("prior conditioned on %s embeddings (%d dims)", cfg.target, cond_all.shape[1])
     log.info("prior: %d images of %d classes at %dpx; VQ %.2fM, UNet %.2fM parameters", len(x_all), n_classes,
              cfg.image_size, sum(p.numel() for p in vae.parameters()) / 1e6,
              sum(p.numel() for p in unet.parameters()) / 1e6)
@@ -129,11 +146,15 @@ def train_prior(cfg: PriorConfig, out: str | Path) -> Path:
     for epoch in tqdm(range(cfg.ldm_epochs), desc="latent diffusion"):
         losses = []
         for idx in _batches(len(lat), cfg.batch_size, gen):
-            z0, y = lat[idx], y_all[idx].clone()
-            y[torch.rand(len(y), generator=gen) < 0.1] = n_classes  # null class for guidance-free training
+            z0 = lat[idx]
+            drop = torch.rand(len(idx), generator=gen) < 0.1  # null condition for guidance-free training
+            if cfg.condition == "embedding":
+                context = embedder(cond_all[idx], drop)
+            else:
+                context = embedder(torch.where(drop, n_classes, y_all[idx]))[:, None]
             noise = torch.randn(z0.shape, generator=gen)
             t = torch.randint(0, sched.config.num_train_timesteps, (len(z0),), generator=gen)
-            pred = unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=embedder(y)[:, None]).sample
+            pred = unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=context).sample
             loss = F.mse_loss(pred, noise)
             opt.zero_grad()
             loss.backward()
@@ -147,12 +168,16 @@ def train_prior(cfg: PriorConfig, out: str | Path) -> Path:
         unet.save_pretrained(tmp / "unet")
         vae.save_pretrained(tmp / "vae")
         sched.save_pretrained(tmp / "scheduler")
-        (tmp / "class_embedder").mkdir()
-        from safetensors.torch import save_file
+        if cfg.condition == "embedding":
+            embedder.save_pretrained(tmp / "embedding_conditioner")
+        else:
+            (tmp / "class_embedder").mkdir()
+            from safetensors.torch import save_file
 
-        save_file({"weight": embedder.weight.detach().contiguous()}, tmp / "class_embedder" / "model.safetensors")
-        atomic_write_json(tmp / "class_embedder" / "config.json", {"num_classes": n_classes, "null_class": n_classes,
-                                                                  "context_dim": cfg.context_dim})
+            save_file({"weight": embedder.weight.detach().contiguous()}, tmp / "class_embedder" / "model.safetensors")
+            atomic_write_json(tmp / "class_embedder" / "config.json", {"num_classes": n_classes,
+                                                                      "null_class": n_classes,
+                                                                      "context_dim": cfg.context_dim})
         save_config(OmegaConf.structured(cfg), tmp / "prior_config.yaml")
         atomic_write_json(tmp / "history.json", {**history, "seconds": round(time.time() - t0, 1), "images": len(x_all)})
         plot_loss_curves(tmp / "loss_curve.png",
@@ -173,7 +198,8 @@ def sample_classes(prior: str | Path, class_ids, num_samples: int = 5, steps: in
     from diffusers import UNet2DConditionModel, VQModel
     from safetensors.torch import load_file
 
-    from mindvis.pipelines.mindvis_pipeline import denoise, make_scheduler
+    from mindvis.pipelines.embedding_pipeline import sample_with_context
+    from mindvis.pipelines.mindvis_pipeline import make_scheduler
 
     prior = Path(prior)
     if not (prior / "class_embedder" / "model.safetensors").is_file():
@@ -183,20 +209,10 @@ def sample_classes(prior: str | Path, class_ids, num_samples: int = 5, steps: in
     vae = VQModel.from_pretrained(prior / "vae").eval()
     table = load_file(prior / "class_embedder" / "model.safetensors")["weight"]
     sched = make_scheduler("dpm++", json.loads((prior / "scheduler" / "scheduler_config.json").read_text()))
-    y = torch.as_tensor(np.asarray(class_ids)).long().repeat_interleave(num_samples)
+    y = torch.as_tensor(np.asarray(class_ids)).long()
     if y.min() < 0 or y.max() >= len(table) - 1:
         raise ValueError(f"class ids must lie in [0, {len(table) - 1}) for {prior}")
-    c = unet.config
-    latents = torch.randn((len(y), c.in_channels, c.sample_size, c.sample_size),
-                          generator=torch.Generator().manual_seed(seed))
-    out = []
-    for start in range(0, len(y), batch_size):
-        context = table[y[start:start + batch_size]][:, None]
-        x = denoise(sched, latents[start:start + batch_size], steps,
-                    lambda x, t: unet(x, t, encoder_hidden_states=context).sample)
-        out.append(((vae.decode(x / vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1))
-    images = torch.cat(out)
-    return images.view(-1, num_samples, *images.shape[1:])
+    return sample_with_context(unet, vae, sched, table[y][:, None], num_samples, steps, seed, batch_size)
 
 
 def prior_fingerprint(cfg: PriorConfig) -> str:
@@ -204,6 +220,8 @@ def prior_fingerprint(cfg: PriorConfig) -> str:
     import hashlib
 
     settings = OmegaConf.to_container(OmegaConf.structured(cfg))
+    if settings["condition"] == "class":  # the fingerprint of class priors cached before these settings existed
+        settings.pop("condition"), settings.pop("target")
     world = SyntheticWorldConfig(**settings.pop("synthetic"))
     settings["synthetic_images"] = world.image_settings()
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -226,15 +244,21 @@ def main(argv=None) -> int:
         epilog="overrides: PriorConfig fields as key=value, e.g. image_size=64 ldm_epochs=50 synthetic.seed=1",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", default="synthetic", help="'synthetic' or an image folder (default: synthetic)")
+    p.add_argument("--condition", choices=["class", "embedding"], default="class",
+                   help="class (the label2img-like prior stage B fine-tunes; default) or embedding (a generator for "
+                        "embeddings decoded by mindvis-align)")
+    p.add_argument("--target", default="synthetic", metavar="SPACE",
+                   help="--condition embedding: the embedding space (as mindvis-align --target; default synthetic)")
     p.add_argument("--out", required=True, metavar="DIR", help="prior folder to write")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     log.propagate = True
     try:
-        cfg = OmegaConf.to_object(build_config(PriorConfig, overrides=[f"images={args.images}", *args.overrides]))
+        cfg = OmegaConf.to_object(build_config(PriorConfig, overrides=[
+            f"images={args.images}", f"condition={args.condition}", f"target={args.target}", *args.overrides]))
         train_prior(cfg, args.out)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, EmbedderUnavailable) as e:
         print(f"mindvis-train-prior: error: {e}", file=sys.stderr)
         return 2
     return 0

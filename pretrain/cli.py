@@ -59,7 +59,7 @@ def resolve_config(args):
 
 
 def main(argv=None) -> int:
-    return run_training_command("mindvis-pretrain", build_parser().parse_args(argv), resolve_config, pretrain)
+    return run_training_command("mindvis-pretrain", build_parser().parse_intermixed_args(argv), resolve_config, pretrain)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""``mindvis-align``: decode fMRI into an image embedding space (ridge, MindEye's MLP, the SC-MBM encoder) and score
+retrieval."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mindvis.config import resolve_run_config
+from mindvis.configs import preset_names
+from mindvis.finetune.config import DATASETS
+from mindvis.models.image_embedders import EmbedderUnavailable
+from mindvis.training import run_training_command
+
+from .config import AlignConfig, DECODERS
+from .engine import align
+
+EPILOG = """\
+overrides: any config key as key=value (mindvis-align --print-config lists them all), e.g.
+  decoder.hidden=1024 decoder.per_target=true decoder.freeze_encoder=true train.epochs=60 train.encoder_lr=5e-5
+  loss.contrastive=clip loss.contrastive_weight=0.5 loss.learn_temperature=false data.subjects=[sbj_1,sbj_3]
+Unknown keys and wrong types are errors.
+
+targets: clip:SRC and dinov2:SRC (transformers; SRC a local folder or a hub id already in the cache),
+  timm:NAME (timm's caches), synthetic (the synthetic world's classifier features). Nothing is downloaded.
+
+outputs in the run folder: retrieval.json / retrieval.md (every metric with its chance level), retrieval_top5.png
+  (test images retrieved among the test set), gallery_top5.png (nearest gallery images), averaging.png,
+  test_embeddings.npz, model/ (and best/, the validation-selected epoch), config.yaml, train.log.
+
+examples:
+  mindvis-align --dataset synthetic --decoder ridge
+  mindvis-align --dataset synthetic --decoder mbm --encoder runs/pretrain/RUN
+  mindvis-align --dataset god --data-path data/Kamitani/npz --decoder mlp --target clip:openai/clip-vit-large-patch14
+  mindvis-align --resume runs/align/RUN
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mindvis-align", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Decode fMRI into an image embedding space and score retrieval of the "
+                                            "seen image (the MindEye / Meta family of decoders).")
+    p.add_argument("--dataset", dest="selection", choices=DATASETS, default=None,
+                   help="fMRI-image pairs (as mindvis-finetune reads them); sets data.dataset and, without --config, "
+                        "the matching preset. Default: synthetic")
+    p.add_argument("--data-path", metavar="DIR", help="dataset folder (sets data.path)")
+    p.add_argument("--decoder", choices=DECODERS, help="ridge (closed form, cross-validated penalty), mlp (MindEye's "
+                                                       "residual MLP) or mbm (the SC-MBM encoder); sets decoder.name")
+    p.add_argument("--encoder", metavar="CKPT", help="mbm: a mindvis-pretrain run or model folder, an original "
+                                                     "fmri_encoder.pth, or 'random' (sets decoder.encoder)")
+    p.add_argument("--target", metavar="SPACE", help="image embedding space (sets target; see below)")
+    p.add_argument("--config", metavar="PRESET",
+                   help=f"YAML preset: a file or a shipped name ({', '.join(preset_names('align'))})")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument("--out", "--output-dir", dest="output_dir", metavar="DIR",
+                   help="parent folder of run folders (sets output_dir; default runs/align)")
+    p.add_argument("--run-name", metavar="NAME", help="run folder name (default: date and time)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see below)")
+    return p
+
+
+def resolve_config(args):
+    return resolve_run_config(AlignConfig, "align", args, "data.dataset",
+                              {"data.path": args.data_path, "decoder.name": args.decoder,
+                               "decoder.encoder": args.encoder, "target": args.target,
+                               "output_dir": args.output_dir})
+
+
+def main(argv=None) -> int:
+    return run_training_command("mindvis-align", build_parser().parse_intermixed_args(argv), resolve_config, align,
+                                errors=(EmbedderUnavailable,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

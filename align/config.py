@@ -1,0 +1,83 @@
+"""Settings of ``mindvis-align``. Defaults are MindEye's (Scotti et al. 2023) where it sets them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+from mindvis.finetune.config import DataConfig
+from mindvis.models.ridge import DEFAULT_ALPHAS
+
+DECODERS = ("ridge", "mlp", "mbm")
+CONTRASTIVE = ("clip", "bimixco", "softclip", "mindeye", "none")
+
+
+@dataclass
+class DecoderConfig:
+    name: str = "ridge"  # ridge | mlp | mbm
+    # ridge: penalties tried by k-fold cross-validation on the training split
+    alphas: List[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
+    folds: int = 5
+    per_target: bool = False  # one penalty per embedding dimension
+    # mlp (MindEye's backbone)
+    hidden: int = 4096
+    blocks: int = 4
+    input_dropout: float = 0.5
+    block_dropout: float = 0.15
+    projector_hidden: int = 2048
+    # mbm: the SC-MBM encoder
+    encoder: str = "random"  # stage-A run or model folder, original fmri_encoder.pth, or random
+    encoder_variant: str = "tiny"  # architecture when encoder=random (mindvis.models.MBM_VARIANTS)
+    freeze_encoder: bool = False
+    pool: str = "flatten"  # mbm head: flatten (per-token projection, concatenated) | mean (the tokens' mean)
+    token_dim: int = 32  # mbm, flatten: width of each token in the head
+
+
+@dataclass
+class LossConfig:
+    contrastive: str = "mindeye"  # clip | bimixco | softclip | mindeye (BiMixCo, then SoftCLIP) | none
+    contrastive_weight: float = 0.75  # lambda: loss = lambda * contrastive + (1 - lambda) * MSE
+    clip_temperature: float = 0.07  # CLIP's initial temperature
+    learn_temperature: bool = True  # clip: learn the temperature (CLIP) or keep it fixed
+    bimixco_temperature: float = 0.006  # MindEye
+    softclip_temperature: float = 0.125
+    mixup_fraction: float = 0.33  # mindeye: BiMixCo for this fraction of the epochs
+    mix_beta: float = 0.15  # BiMixCo: mixing weights ~ Beta(beta, beta)
+    mix_p: float = 0.5  # BiMixCo: fraction of the batch mixed
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 120
+    batch_size: int = 32
+    lr: float = 3e-4
+    encoder_lr: float = 0.0  # mbm: learning rate of the encoder; 0 = train.lr
+    weight_decay: float = 0.01
+    warmup_epochs: float = 5.0
+    clip_grad: float = 1.0
+    seed: int = 0
+    val_every: int = 5
+    select_metric: str = "val_top1"  # val_top1 | val_top5 | val_correlation (higher better) | val_loss (lower)
+    checkpoint_every: int = 20
+    keep_checkpoints: int = 2
+    mixed_precision: str = "no"
+    accum_iter: int = 1
+    tracker: str = "none"
+
+
+@dataclass
+class EvalConfig:
+    mindeye_subset: int = 300  # MindEye's retrieval protocol: top-1 among this many random test items ...
+    mindeye_draws: int = 30  # ... over this many draws
+    show: int = 8  # test items in the retrieval PNGs
+    gallery: str = ""  # image folder for retrieval reconstructions; empty = the training images
+
+
+@dataclass
+class AlignConfig:
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(include_test_trials=True))
+    target: str = "synthetic"  # clip:SRC | dinov2:SRC | timm:NAME | synthetic (mindvis.models.image_embedders)
+    output_dir: str = "runs/align"

@@ -1,0 +1,441 @@
+"""The alignment engine: fit a decoder from fMRI to an image embedding space, select it on validation, and score
+retrieval on the test set once.
+
+Ridge is fitted in closed form (penalty by k-fold cross-validation on the training split). The MLP and SC-MBM
+decoders train by gradient descent on ``lambda * contrastive + (1 - lambda) * MSE``; the epoch is selected on the
+validation split (whole classes carved from training, as stage B). Test-time averaging: the test fMRI of the
+first r repetitions is averaged, r = 1..R, and decoded.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from mindvis.config import ConfigError, save_config, to_plain
+from mindvis.contrastive import (Temperature, bimixco_loss, clip_loss, mindeye_schedule, mixco, mse_loss,
+                                 soft_clip_loss)
+from mindvis.data.fmri import DataError
+from mindvis.data.pairs import TRIAL_MARK, PairedSplit
+from mindvis.evaluation.retrieval import cosine_similarity, embedding_report, top_k
+from mindvis.finetune.data import build_stage_b_data
+from mindvis.models.brain_decoders import MBMDecoder, MBMDecoderConfig, MindEyeMLP, MLPConfig
+from mindvis.models.image_embedders import cached_embeddings, load_embedder, valid_target
+from mindvis.models.ridge import RidgeConfig, RidgeDecoder
+from mindvis.models.sc_mbm import MBMConfig, mbm_config
+from mindvis.training import (STATE_NAME, check_finite_loss, decay_groups, latest_checkpoint, load_training_state,
+                              lr_at, save_training_state, seed_epoch, start_run, write_checkpoint)
+from mindvis.utils.io import atomic_dir, atomic_write, atomic_write_json, atomic_write_text
+from mindvis.utils.plots import plot_loss_curves, save_image_grid
+
+from .config import CONTRASTIVE, DECODERS
+
+log = logging.getLogger("mindvis.align")
+
+DECODER_CLASSES = {"RidgeDecoder": RidgeDecoder, "MindEyeMLP": MindEyeMLP, "MBMDecoder": MBMDecoder}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every setting checked before anything runs; a ConfigError names the key, the value and what is allowed."""
+    d, lo, t = cfg.decoder, cfg.loss, cfg.train
+    checks = [
+        (valid_target(cfg.target), "target", cfg.target,
+         "an embedding space (unknown target space otherwise): clip:SRC, dinov2:SRC, timm:NAME or synthetic"),
+        (d.name in DECODERS, "decoder.name", d.name, f"one of {DECODERS}"),
+        (lo.contrastive in CONTRASTIVE, "loss.contrastive", lo.contrastive, f"one of {CONTRASTIVE}"),
+        (0 <= lo.contrastive_weight <= 1, "loss.contrastive_weight", lo.contrastive_weight, "in [0, 1]"),
+        (all(a > 0 for a in d.alphas) and len(d.alphas) > 0, "decoder.alphas", list(d.alphas), "positive numbers"),
+        (d.folds >= 2, "decoder.folds", d.folds, ">= 2"),
+        (d.pool in ("flatten", "mean") and d.token_dim > 0, "decoder.pool/token_dim", (d.pool, d.token_dim),
+         "pool flatten or mean, token_dim > 0"),
+        (d.hidden > 0 and d.blocks >= 0 and d.projector_hidden > 0, "decoder.hidden/blocks/projector_hidden",
+         (d.hidden, d.blocks, d.projector_hidden), "positive sizes"),
+        (0 <= d.input_dropout < 1 and 0 <= d.block_dropout < 1, "decoder.*_dropout",
+         (d.input_dropout, d.block_dropout), "in [0, 1)"),
+        (min(lo.clip_temperature, lo.bimixco_temperature, lo.softclip_temperature) > 0, "loss.*_temperature",
+         (lo.clip_temperature, lo.bimixco_temperature, lo.softclip_temperature), "> 0"),
+        (0 <= lo.mixup_fraction <= 1 and 0 <= lo.mix_p <= 1 and lo.mix_beta > 0, "loss.mixup_fraction/mix_p/mix_beta",
+         (lo.mixup_fraction, lo.mix_p, lo.mix_beta), "fractions in [0, 1] and beta > 0"),
+        (t.epochs > 0, "train.epochs", t.epochs, "> 0"),
+        (t.batch_size >= 2, "train.batch_size", t.batch_size, ">= 2 (contrastive losses compare within a batch)"),
+        (t.lr > 0 and t.encoder_lr >= 0, "train.lr/encoder_lr", (t.lr, t.encoder_lr), "lr > 0, encoder_lr >= 0"),
+        (t.weight_decay >= 0 and t.warmup_epochs >= 0 and t.clip_grad >= 0, "train.weight_decay/warmup_epochs/clip_grad",
+         (t.weight_decay, t.warmup_epochs, t.clip_grad), ">= 0"),
+        (t.val_every > 0 and t.checkpoint_every > 0 and t.keep_checkpoints > 0, "train.val_every/checkpoint_every/"
+         "keep_checkpoints", (t.val_every, t.checkpoint_every, t.keep_checkpoints), "> 0"),
+        (t.select_metric in ("val_top1", "val_top5", "val_correlation", "val_loss"), "train.select_metric",
+         t.select_metric, "val_top1, val_top5, val_correlation or val_loss"),
+        (t.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision", t.mixed_precision, "no, fp16 or bf16"),
+        (cfg.eval.mindeye_subset >= 2 and cfg.eval.mindeye_draws >= 1 and cfg.eval.show >= 0,
+         "eval.mindeye_subset/mindeye_draws/show", (cfg.eval.mindeye_subset, cfg.eval.mindeye_draws, cfg.eval.show),
+         "subset >= 2, draws >= 1, show >= 0"),
+    ]
+    for ok, key, value, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{key}={value!r} is not allowed: must be {allowed}")
+
+
+# ----------------------------------------------------------------------------- data and targets
+def test_trials(test: PairedSplit) -> tuple[PairedSplit, np.ndarray | None]:
+    """The repetition-averaged test rows, and the single trials as (N, R, V) aligned with them (None if absent)."""
+    avg_idx = [i for i, s in enumerate(test.ids) if TRIAL_MARK not in s]
+    avg = test.subset(avg_idx)
+    trials: dict[str, list[int]] = {}
+    for i, s in enumerate(test.ids):
+        if TRIAL_MARK in s:
+            trials.setdefault(s.split(TRIAL_MARK)[0], []).append(i)
+    if not trials:
+        return avg, None
+    counts = {len(v) for v in trials.values()}
+    missing = [s for s in avg.ids if s not in trials]
+    if len(counts) != 1 or missing:
+        log.warning("test images have unequal repetitions (%s) or none (%d): no averaging curve", sorted(counts),
+                    len(missing))
+        return avg, None
+    return avg, np.stack([test.fmri[trials[s]] for s in avg.ids])  # (N, R, V)
+
+
+def embed_splits(cfg: DictConfig, splits: dict[str, PairedSplit]) -> dict[str, np.ndarray]:
+    """Target embeddings of every split's images (cached by space and image digest)."""
+    world = OmegaConf.to_object(cfg.data.synthetic) if cfg.data.dataset == "synthetic" else None
+    embedder = load_embedder(cfg.target, world, cfg.data.cache_dir or None)
+    key = str(world.image_settings()) if world else ""
+    return {name: cached_embeddings(embedder, s.images, cfg.data.cache_dir or None, key) for name, s in splits.items()}
+
+
+# ----------------------------------------------------------------------------- decoders
+def build_decoder(cfg: DictConfig, num_voxels: int, dim: int):
+    d = cfg.decoder
+    if d.name == "mlp":
+        return MindEyeMLP(MLPConfig(num_voxels, dim, d.hidden, d.blocks, d.input_dropout, d.block_dropout,
+                                    d.projector_hidden))
+    if d.name == "mbm":
+        from mindvis.finetune.engine import build_encoder, load_encoder
+
+        enc_cfg, weights = load_encoder(OmegaConf.create({"model": {"encoder": d.encoder,
+                                                                    "encoder_variant": d.encoder_variant}}))
+        fake = OmegaConf.create({"model": {"global_pool": False, "interpolate_positions": True}})
+        encoder = build_encoder(fake, num_voxels, enc_cfg, weights)
+        return MBMDecoder(MBMDecoderConfig(asdict(encoder.config), dim, d.projector_hidden, d.pool, d.token_dim,
+                                           {"encoder": d.encoder}), encoder)
+    raise ValueError(f"{d.name} is not trained by gradient descent")
+
+
+def load_decoder(folder: str | Path):
+    """A saved decoder of any kind (``model/`` or ``best/`` of an align run)."""
+    import json
+
+    folder = Path(folder)
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{folder} is not a saved decoder (config.json is missing)")
+    name = json.loads(cfg_file.read_text()).get("class")
+    if name not in DECODER_CLASSES:
+        raise DataError(f"{cfg_file}: unknown decoder class {name!r}; expected one of {sorted(DECODER_CLASSES)}")
+    return DECODER_CLASSES[name].from_pretrained(folder)
+
+
+@torch.no_grad()
+def decode(model, fmri: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Decoded embeddings {"contrastive", "regression"} (the same array for ridge)."""
+    model.eval()
+    outs = {"contrastive": [], "regression": []}
+    for i in range(0, len(fmri), batch_size):
+        out = model(torch.from_numpy(np.ascontiguousarray(fmri[i:i + batch_size], dtype=np.float32)))
+        if isinstance(out, torch.Tensor):
+            out = {"contrastive": out, "regression": out}
+        for k in outs:
+            outs[k].append(out[k].float())
+    return {k: torch.cat(v).numpy() for k, v in outs.items()}
+
+
+def contrastive_term(cfg: DictConfig, name: str, out: dict, y: torch.Tensor, mix, temperature) -> torch.Tensor:
+    lo = cfg.loss
+    if name == "clip":
+        return clip_loss(out["contrastive"], y, temperature() if callable(temperature) else temperature)
+    if name == "bimixco":
+        return bimixco_loss(out["contrastive"], y, mix[0], mix[1], lo.bimixco_temperature)
+    if name == "softclip":
+        return soft_clip_loss(out["contrastive"], y, lo.softclip_temperature)
+    return out["contrastive"].sum() * 0.0
+
+
+def _val_entry(model, fmri: np.ndarray, y: np.ndarray, cfg: DictConfig, temperature) -> dict:
+    dec = decode(model, fmri)
+    pred_c, pred_r, t = (torch.from_numpy(dec["contrastive"]), torch.from_numpy(dec["regression"]),
+                         torch.from_numpy(y))
+    sim = cosine_similarity(pred_c, t)
+    with torch.no_grad():
+        temp = temperature() if callable(temperature) else temperature
+        loss = (cfg.loss.contrastive_weight * clip_loss(pred_c, t, temp) +
+                (1 - cfg.loss.contrastive_weight) * mse_loss(pred_r, t))
+    from mindvis.evaluation.retrieval import embedding_correlation
+
+    return {"val_loss": float(loss), "val_top1": top_k(sim, 1), "val_top5": top_k(sim, 5),
+            "val_correlation": embedding_correlation(pred_r, t)}
+
+
+def train_decoder(cfg: DictConfig, model, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
+                  val_y: np.ndarray, accelerator, run_dir: Path, main: bool, resume: bool) -> tuple:
+    """Gradient training with validation selection; returns (selected model, history, best)."""
+    tc, lo = cfg.train, cfg.loss
+    temperature = Temperature(lo.clip_temperature) if lo.learn_temperature else lo.clip_temperature
+    enc_params = {id(p) for p in model.encoder.parameters()} if isinstance(model, MBMDecoder) else set()
+    if enc_params and cfg.decoder.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    named = list(model.named_parameters()) + (list(temperature.named_parameters()) if callable(temperature) else [])
+    groups = []
+    for g in decay_groups(named, tc.weight_decay):
+        for is_enc in (False, True):
+            params = [p for p in g["params"] if (id(p) in enc_params) == is_enc]
+            if params:
+                groups.append({"params": params, "weight_decay": g["weight_decay"],
+                               "base_lr": (tc.encoder_lr or tc.lr) if is_enc else tc.lr})
+    optimizer = torch.optim.AdamW(groups, lr=tc.lr)
+    history, start_epoch = [], 0
+    best = {"metric": float("inf"), "epoch": 0}
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        model.load_state_dict(load_decoder(ckpt / "model").state_dict())
+        state = load_training_state(ckpt / STATE_NAME)
+        optimizer.load_state_dict(state["optimizer"])
+        if callable(temperature):
+            temperature.log_scale.data.fill_(float(state["log_temperature"]))
+        start_epoch, history, best = state["epoch"], state["history"], dict(state["best"])
+        log.info("resumed from %s (epoch %d done)", ckpt, start_epoch)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+    x_all = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32))
+    y_all = torch.from_numpy(np.ascontiguousarray(train_y, dtype=np.float32))
+    n = len(x_all)
+    steps = max(1, n // tc.batch_size)  # drop the last partial batch: contrastive losses need full batches
+    sign = 1.0 if tc.select_metric == "val_loss" else -1.0
+    if tc.tracker != "none":
+        accelerator.init_trackers("mindvis-align", config=to_plain(cfg))
+    t0 = time.time()
+    for epoch in tqdm(range(start_epoch, tc.epochs), desc="align", disable=not main, initial=start_epoch,
+                      total=tc.epochs):
+        seed_epoch(tc.seed, epoch, accelerator.process_index)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch))
+        name = mindeye_schedule(epoch / tc.epochs, lo.mixup_fraction) if lo.contrastive == "mindeye" else lo.contrastive
+        model.train()
+        losses = []
+        for step in range(steps):
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at(epoch + step / steps, g["base_lr"], 0.0, tc.warmup_epochs, tc.epochs)
+            idx = perm[step * tc.batch_size:(step + 1) * tc.batch_size]
+            x, y = x_all[idx].to(accelerator.device), y_all[idx].to(accelerator.device)
+            mix = None
+            if name == "bimixco":
+                x, perm_mix, betas, _ = mixco(x, lo.mix_beta, lo.mix_p)
+                mix = (perm_mix, betas)
+            with accelerator.autocast():
+                out = model(x)
+                loss = (lo.contrastive_weight * contrastive_term(cfg, name, out, y, mix, temperature) +
+                        (1 - lo.contrastive_weight) * mse_loss(out["regression"], y))
+            check_finite_loss(loss, epoch, step, tc.lr)
+            accelerator.backward(loss)
+            if tc.clip_grad > 0:
+                accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], tc.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "contrastive": name,
+                 "time_s": round(time.time() - t0, 1)}
+        last = epoch + 1 == tc.epochs
+        if main and len(val_x) >= 2 and ((epoch + 1) % tc.val_every == 0 or last):
+            entry |= _val_entry(raw, val_x, val_y, cfg, temperature)
+            metric = sign * entry[tc.select_metric]
+            if metric < best["metric"]:
+                best = {"metric": float(metric), "epoch": epoch + 1}
+                atomic_dir(run_dir / "best", lambda tmp: raw.save_pretrained(tmp))
+        history.append(entry)
+        if tc.tracker != "none":
+            accelerator.log({k: v for k, v in entry.items() if isinstance(v, float)}, step=epoch + 1)
+        log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                                        for k, v in entry.items() if k != "epoch"))
+        if main and ((epoch + 1) % tc.checkpoint_every == 0 or last):
+            def fill(tmp: Path):
+                raw.save_pretrained(tmp / "model")
+                save_training_state(tmp / STATE_NAME, optimizer, epoch + 1, history, best=best,
+                                    log_temperature=temperature.log_scale.item() if callable(temperature) else 0.0)
+                (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+            write_checkpoint(run_dir, epoch + 1, fill, tc.keep_checkpoints)
+    if main:
+        raw.save_pretrained(run_dir / "model")
+    selected = load_decoder(run_dir / "best") if (run_dir / "best").is_dir() else raw
+    return selected, history, best
+
+
+# ----------------------------------------------------------------------------- reports
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def markdown_report(report: dict) -> str:
+    lines = [f"# Retrieval: {report['decoder']} -> {report['target']}", "", report["data"], ""]
+    for split in ("val", "test"):
+        if split not in report:
+            continue
+        lines += [f"## {split} ({report[f'{split}_items']} items)", "", "| metric | value | std | chance |",
+                  "|---|---|---|---|"]
+        for name, m in report[split].items():
+            lines.append(f"| {name} | {_fmt(m['value'])} | {_fmt(m.get('std'))} | {_fmt(m['chance'])} |")
+        lines.append("")
+    if report.get("averaging"):
+        lines += ["## test-time averaging (test fMRI of the first r repetitions averaged)", "",
+                  "| repetitions | top-1 | top-5 | chance top-1 |", "|---|---|---|---|"]
+        for row in report["averaging"]:
+            lines.append(f"| {row['repetitions']} | {row['top1']:.4f} | {row['top5']:.4f} | {row['chance']:.4f} |")
+        lines.append("")
+    lines.append(f"selected: {report['selection']}")
+    return "\n".join(lines) + "\n"
+
+
+def _thumb(images: np.ndarray, size: int = 64) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (t.clamp(0, 255) / 255).permute(0, 2, 3, 1).numpy()
+
+
+def retrieval_grid(path: Path, pred: np.ndarray, truth_images: np.ndarray, gallery_emb: np.ndarray,
+                   gallery_images: np.ndarray, show: int, k: int = 5) -> None:
+    """Rows: the seen image, then the ``k`` gallery images nearest to its decoded embedding."""
+    if show == 0:
+        return
+    sim = cosine_similarity(torch.from_numpy(pred[:show]), torch.from_numpy(gallery_emb)).numpy()
+    best = np.argsort(-sim, axis=1)[:, :k]
+    rows = [np.concatenate([_thumb(truth_images[i:i + 1]), _thumb(gallery_images[best[i]])]) for i in range(len(best))]
+    save_image_grid(path, rows)
+
+
+def plot_averaging(path: Path, curve: list[dict]) -> None:
+    r = [c["repetitions"] for c in curve]
+    plot_loss_curves(path, {"top-1": (r, [c["top1"] for c in curve]), "top-5": (r, [c["top5"] for c in curve]),
+                            "chance top-1": (r, [c["chance"] for c in curve])},
+                     title="test-time averaging", xlabel="repetitions averaged", ylabel="retrieval accuracy")
+
+
+def gallery_images(cfg: DictConfig, train: PairedSplit) -> np.ndarray:
+    """Images for retrieval reconstructions: ``eval.gallery`` (a folder) or the unique training images."""
+    if not cfg.eval.gallery:
+        _, first = np.unique(np.asarray(train.ids), return_index=True)
+        return train.images[np.sort(first)]
+    from PIL import Image
+
+    files = sorted(p for p in Path(cfg.eval.gallery).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not files:
+        raise DataError(f"eval.gallery {cfg.eval.gallery}: no .png/.jpg images")
+    size = train.images.shape[1]
+    out = []
+    for p in files:
+        with Image.open(p) as im:
+            out.append(np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC)))
+    return np.stack(out)
+
+
+# ----------------------------------------------------------------------------- the command
+def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | None = None) -> dict:
+    """Fit, select on validation, score the test set once; returns the report."""
+    t0 = time.time()
+    validate(cfg)
+    tc = cfg.train
+    accelerator, run_dir, main = start_run(tc, cfg.output_dir, resume, run_name, "mindvis.align")
+    patch = 16
+    if cfg.decoder.name == "mbm" and cfg.decoder.encoder != "random":
+        from mindvis.finetune.engine import load_encoder
+
+        patch = load_encoder(OmegaConf.create({"model": {"encoder": cfg.decoder.encoder,
+                                                         "encoder_variant": cfg.decoder.encoder_variant}}))[0].patch_size
+    data = build_stage_b_data(cfg.data, patch, tc.seed)
+    test, trials = test_trials(data.test)
+    log.info("data: %s", data.description)
+    if main:
+        save_config(cfg, run_dir / "config.yaml")
+    gallery = gallery_images(cfg, data.train)
+    emb = embed_splits(cfg, {"train": data.train, "val": data.val, "test": test, "gallery": PairedSplit(
+        np.zeros((len(gallery), 1), np.float32), gallery, np.full(len(gallery), -1), [""] * len(gallery))})
+    dim = emb["train"].shape[1]
+    log.info("target %s: %d dims; %d train / %d val / %d test images", cfg.target, dim, len(emb["train"]),
+             len(emb["val"]), len(emb["test"]))
+
+    history, best = [], {"epoch": 0}
+    if cfg.decoder.name == "ridge":
+        d = cfg.decoder
+        model = RidgeDecoder.fit(data.train.fmri, emb["train"],
+                                 RidgeConfig(data.num_voxels, dim, list(d.alphas), d.folds, d.per_target))
+        alphas = np.unique(model.alpha.numpy())
+        selection = (f"ridge penalty by {d.folds}-fold cross-validation on the training split: "
+                     f"{alphas[0]:.4g}" if len(alphas) == 1 else f"{len(alphas)} distinct per-target penalties")
+        if main:
+            model.save_pretrained(run_dir / "model")
+    else:
+        model = build_decoder(cfg, data.num_voxels, dim)
+        log.info("decoder %s: %.2fM parameters", cfg.decoder.name, sum(p.numel() for p in model.parameters()) / 1e6)
+        model, history, best = train_decoder(cfg, model, data.train.fmri, emb["train"], data.val.fmri, emb["val"],
+                                             accelerator, run_dir, main, bool(resume))
+        selection = f"epoch {best['epoch']} of {tc.epochs} by {tc.select_metric} on validation"
+
+    report = {}
+    if main:
+        ev = cfg.eval
+        scores = {}
+        for split, s in (("val", data.val), ("test", test)):
+            if len(s) < 2:
+                continue
+            dec = decode(model, s.fmri)
+            scores[split] = dec
+            rep = embedding_report(torch.from_numpy(dec["contrastive"]), torch.from_numpy(emb[split]),
+                                   ev.mindeye_subset, ev.mindeye_draws, tc.seed)
+            if dec["regression"] is not dec["contrastive"]:
+                from mindvis.evaluation.retrieval import embedding_correlation, embedding_cosine
+
+                reg, tgt = torch.from_numpy(dec["regression"]), torch.from_numpy(emb[split])
+                rep["embedding_correlation"]["value"] = embedding_correlation(reg, tgt)
+                rep["embedding_cosine"]["value"] = embedding_cosine(reg, tgt)
+            report[split] = rep
+            report[f"{split}_items"] = len(s)
+        curve = []
+        if trials is not None:
+            n = len(test)
+            for r in range(1, trials.shape[1] + 1):
+                pred = torch.from_numpy(decode(model, trials[:, :r].mean(1))["contrastive"])
+                sim = cosine_similarity(pred, torch.from_numpy(emb["test"]))
+                curve.append({"repetitions": r, "top1": top_k(sim, 1), "top5": top_k(sim, 5), "chance": 1 / n})
+            plot_averaging(run_dir / "averaging.png", curve)
+        report |= {"decoder": cfg.decoder.name, "target": cfg.target, "data": data.description,
+                   "selection": selection, "selected_epoch": best["epoch"], "averaging": curve,
+                   "seconds": round(time.time() - t0, 1), "history": history}
+        atomic_write_json(run_dir / "retrieval.json", report)
+        atomic_write_text(run_dir / "retrieval.md", markdown_report(report))
+        if "test" in scores:
+            dec = scores["test"]
+            arrays = {"contrastive": dec["contrastive"], "regression": dec["regression"], "target": emb["test"],
+                      "ids": np.array(test.ids)}
+            atomic_write(run_dir / "test_embeddings.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+            retrieval_grid(run_dir / "retrieval_top5.png", dec["contrastive"], test.images, emb["test"], test.images,
+                           ev.show)
+            retrieval_grid(run_dir / "gallery_top5.png", dec["contrastive"], test.images, emb["gallery"], gallery,
+                           ev.show)
+        if history:
+            ev_rows = [h for h in history if "val_top1" in h]
+            plot_loss_curves(run_dir / "loss_curve.png", {"train loss": ([h["epoch"] for h in history],
+                                                                         [h["loss"] for h in history]),
+                                                          "validation loss": ([h["epoch"] for h in ev_rows],
+                                                                              [h["val_loss"] for h in ev_rows])},
+                             title=f"mindvis-align ({cfg.decoder.name})")
+        t1 = report.get("test", {}).get("top1_brain_to_image", {})
+        print(f"\nalign done ({cfg.decoder.name} -> {cfg.target}): test top-1 brain->image "
+              f"{_fmt(t1.get('value'))} (chance {_fmt(t1.get('chance'))}); {selection}\nrun folder: {run_dir}",
+              flush=True)
+    accelerator.wait_for_everyone()
+    if tc.tracker != "none":
+        accelerator.end_training()
+    return report

@@ -1,0 +1,95 @@
+"""Metrics of decoded embeddings: retrieval, rank, correlation and identification, vectorised.
+
+Rows of ``pred`` and ``target`` are aligned (row i of the decoded embeddings belongs to image i). Similarity
+is the cosine. Chance levels are returned next to the scores (:func:`embedding_report`).
+
+* top-k retrieval, brain -> image: image i is among the k candidates most similar to decoded row i;
+  image -> brain: decoded row i is among the k rows most similar to image i. Ties count against.
+* MindEye's protocol: the same on ``subset`` random items (300), over ``draws`` draws (30): mean and std.
+* relative median rank (Meta): the median over rows of (rank of the true image - 1) / (N - 1); 0 = perfect,
+  0.5 = chance.
+* embedding correlation: the mean over dimensions of Pearson r between decoded and true values across items;
+  cosine: the mean over items of the cosine between decoded and true embedding.
+* two-way identification: pair-wise identification of the Pearson correlation matrix (as the image metrics).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .metrics import identification, pairwise_pcc
+
+
+def cosine_similarity(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N, M) cosine between every decoded row and every target."""
+    return F.normalize(pred.double(), dim=-1) @ F.normalize(target.double(), dim=-1).T
+
+
+def true_rank(sim: torch.Tensor) -> torch.Tensor:
+    """(N,) rank of the diagonal entry within each row, 1 = best; ties ranked pessimistically."""
+    own = sim.diagonal()[:, None]
+    return (sim >= own).sum(1)
+
+
+def top_k(sim: torch.Tensor, k: int = 1) -> float:
+    """Fraction of rows whose own column is within the top ``k``."""
+    return float((true_rank(sim) <= k).double().mean())
+
+
+def relative_median_rank(sim: torch.Tensor) -> float:
+    n = sim.shape[1]
+    return float(((true_rank(sim) - 1).double() / max(1, n - 1)).median())
+
+
+def subset_retrieval(pred: torch.Tensor, target: torch.Tensor, subset: int = 300, draws: int = 30, k: int = 1,
+                     seed: int = 0) -> dict:
+    """MindEye's protocol: top-k in both directions among ``subset`` random items, ``draws`` times."""
+    n = len(pred)
+    size = min(subset, n)
+    gen = torch.Generator().manual_seed(seed)
+    fwd, bwd = [], []
+    for _ in range(draws):
+        idx = torch.randperm(n, generator=gen)[:size]
+        sim = cosine_similarity(pred[idx], target[idx])
+        fwd.append(top_k(sim, k))
+        bwd.append(top_k(sim.T, k))
+    return {"subset": size, "draws": draws, "brain_to_image": (float(np.mean(fwd)), float(np.std(fwd))),
+            "image_to_brain": (float(np.mean(bwd)), float(np.std(bwd))), "chance": min(1.0, k / size)}
+
+
+def embedding_correlation(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean over dimensions of the Pearson r across items."""
+    p, t = pred.double(), target.double()
+    p, t = p - p.mean(0), t - t.mean(0)
+    r = (p * t).sum(0) / (p.norm(dim=0) * t.norm(dim=0)).clamp_min(1e-12)
+    return float(r.mean())
+
+
+def embedding_cosine(pred: torch.Tensor, target: torch.Tensor) -> float:
+    return float(F.cosine_similarity(pred.double(), target.double(), dim=-1).mean())
+
+
+def embedding_report(pred: torch.Tensor, target: torch.Tensor, mindeye_subset: int = 300, draws: int = 30,
+                     seed: int = 0) -> dict:
+    """Every embedding metric: ``{name: {"value", "chance"[, "std"]}}``."""
+    if pred.shape != target.shape:
+        raise ValueError(f"decoded embeddings {tuple(pred.shape)} and targets {tuple(target.shape)} differ in shape")
+    n = len(pred)
+    if n < 2:
+        raise ValueError("embedding metrics need at least two items")
+    sim = cosine_similarity(pred, target)
+    out = {}
+    for k in (1, 5):
+        out[f"top{k}_brain_to_image"] = {"value": top_k(sim, k), "chance": min(1.0, k / n)}
+        out[f"top{k}_image_to_brain"] = {"value": top_k(sim.T, k), "chance": min(1.0, k / n)}
+    sub = subset_retrieval(pred, target, mindeye_subset, draws, 1, seed)
+    for d in ("brain_to_image", "image_to_brain"):
+        out[f"mindeye_top1_{d}"] = {"value": sub[d][0], "std": sub[d][1], "chance": sub["chance"],
+                                    "subset": sub["subset"], "draws": draws}
+    out["relative_median_rank"] = {"value": relative_median_rank(sim), "chance": 0.5}
+    out["embedding_correlation"] = {"value": embedding_correlation(pred, target), "chance": 0.0}
+    out["embedding_cosine"] = {"value": embedding_cosine(pred, target), "chance": None}
+    out["two_way_identification"] = {"value": float(identification(pairwise_pcc(pred, target)).mean()),
+                                     "chance": 0.5}
+    return out

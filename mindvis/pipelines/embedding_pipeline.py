@@ -1,0 +1,92 @@
+"""Image embeddings -> images with a generator that cross-attends to them.
+
+* :class:`EmbeddingToImagePipeline`: the small latent-diffusion generator ``mindvis-train-prior --condition
+  embedding`` writes (``unet/``, ``vae/``, ``scheduler/``, ``embedding_conditioner/``), for the synthetic world;
+* :func:`load_unclip` / :func:`unclip_images`: for real data, a diffusers Stable unCLIP image-variation pipeline
+  (``StableUnCLIPImg2ImgPipeline``) from a local folder, which takes CLIP image embeddings as ``image_embeds``.
+
+    pipe = EmbeddingToImagePipeline.from_pretrained("priors/synthetic-embedding")
+    images = pipe(decoded, num_samples=5, num_inference_steps=25)  # (N, 5, 3, H, W) in [0, 1]
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models.embedding_conditioner import EmbeddingConditioner
+from .mindvis_pipeline import denoise, make_scheduler
+
+
+@torch.no_grad()
+def sample_with_context(unet, vae, sched, context: torch.Tensor, num_samples: int, steps: int, seed: int = 0,
+                        batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    """context (N, T, C) -> images (N, num_samples, 3, H, W) in [0, 1]; the noise of the whole call is drawn from
+    one generator, so the result does not depend on ``batch_size``."""
+    n = context.shape[0]
+    context = context.repeat_interleave(num_samples, dim=0)
+    c = unet.config
+    latents = torch.randn((len(context), c.in_channels, c.sample_size, c.sample_size),
+                          generator=torch.Generator().manual_seed(seed))
+    out = []
+    for start in tqdm(range(0, len(context), batch_size), desc="sampling", disable=not progress, leave=False):
+        ctx = context[start:start + batch_size]
+        x = denoise(sched, latents[start:start + batch_size], steps,
+                    lambda x, t: unet(x, t, encoder_hidden_states=ctx).sample)
+        out.append(((vae.decode(x / vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1))
+    images = torch.cat(out)
+    return images.view(n, num_samples, *images.shape[1:])
+
+
+class EmbeddingToImagePipeline:
+    def __init__(self, unet, vae, conditioner: EmbeddingConditioner, scheduler_config: dict):
+        self.unet, self.vae, self.conditioner = unet.eval(), vae.eval(), conditioner.eval()
+        self.scheduler_config = scheduler_config
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> "EmbeddingToImagePipeline":
+        from diffusers import UNet2DConditionModel, VQModel
+
+        folder = Path(folder)
+        if not (folder / "embedding_conditioner" / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} is not an embedding-conditioned generator (no embedding_conditioner/; "
+                                    "train one with mindvis-train-prior --condition embedding)")
+        return cls(UNet2DConditionModel.from_pretrained(folder / "unet"), VQModel.from_pretrained(folder / "vae"),
+                   EmbeddingConditioner.from_pretrained(folder / "embedding_conditioner"),
+                   json.loads((folder / "scheduler" / "scheduler_config.json").read_text()))
+
+    @property
+    def image_size(self) -> int:
+        return int(self.unet.config.sample_size) * 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def __call__(self, embeddings: torch.Tensor, num_samples: int = 1, num_inference_steps: int = 25,
+                 scheduler: str = "dpm++", seed: int = 0, batch_size: int = 64, progress: bool = False):
+        context = self.conditioner(torch.as_tensor(embeddings))
+        return sample_with_context(self.unet, self.vae, make_scheduler(scheduler, self.scheduler_config), context,
+                                   num_samples, num_inference_steps, seed, batch_size, progress)
+
+
+def load_unclip(folder: str | os.PathLike, device: str = "cpu"):
+    """A ``StableUnCLIPImg2ImgPipeline`` saved in a local folder (e.g. a snapshot of
+    stabilityai/stable-diffusion-2-1-unclip); nothing is downloaded."""
+    from diffusers import StableUnCLIPImg2ImgPipeline
+
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a diffusers pipeline folder (model_index.json is missing)")
+    return StableUnCLIPImg2ImgPipeline.from_pretrained(folder, local_files_only=True).to(device)
+
+
+@torch.no_grad()
+def unclip_images(pipe, image_embeds: torch.Tensor, num_inference_steps: int = 25, guidance_scale: float = 1.0,
+                  noise_level: int = 0, seed: int = 0, prompt: str = ""):
+    """Images (N, 3, H, W) in [0, 1] from CLIP image embeddings (N, D) with a Stable unCLIP pipeline."""
+    gen = torch.Generator().manual_seed(seed)
+    out = pipe(prompt=[prompt] * len(image_embeds), image_embeds=image_embeds.to(pipe.device),
+               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, noise_level=noise_level,
+               generator=gen, output_type="pt")
+    return out.images.float().cpu()

@@ -1,0 +1,126 @@
+"""``mindvis-align`` on the tiny synthetic world: every decoder end to end, reload, resume, bad input."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mindvis.align.cli import main
+from mindvis.align.engine import decode, load_decoder
+
+from .conftest import world_overrides
+
+TINY_ALIGN = ["train.batch_size=4", "train.epochs=4", "train.val_every=2", "train.checkpoint_every=2",
+              "train.warmup_epochs=1", "decoder.hidden=32", "decoder.blocks=1", "decoder.projector_hidden=16",
+              "decoder.folds=3", "eval.mindeye_subset=3", "eval.mindeye_draws=2", "eval.show=2"]
+
+
+def run(tmp_path, cache_dir, name, *extra):
+    rc = main(["--dataset", "synthetic", "--out", str(tmp_path), "--run-name", name, *world_overrides(cache_dir),
+               *TINY_ALIGN, *extra])
+    return rc, tmp_path / name
+
+
+@pytest.mark.parametrize("decoder", ["ridge", "mlp", "mbm"])
+def test_align_runs_end_to_end_and_reloads(decoder, tmp_path, cache_dir, tiny_world):
+    rc, run_dir = run(tmp_path, cache_dir, decoder, "--decoder", decoder)
+    assert rc == 0
+    report = json.loads((run_dir / "retrieval.json").read_text())
+    test = report["test"]
+    assert report["test_items"] == 4 and test["top1_brain_to_image"]["chance"] == 0.25
+    assert 0 <= test["top1_brain_to_image"]["value"] <= test["top5_brain_to_image"]["value"] <= 1
+    assert [r["repetitions"] for r in report["averaging"]] == [1, 2]  # the tiny world shows each test image twice
+    for png in ("retrieval_top5.png", "gallery_top5.png", "averaging.png"):
+        assert (run_dir / png).stat().st_size > 0
+    assert "| top1_brain_to_image |" in (run_dir / "retrieval.md").read_text()
+    # the saved decoder reproduces the decoded test embeddings
+    saved = np.load(run_dir / "test_embeddings.npz")
+    model = load_decoder(run_dir / ("model" if decoder == "ridge" else "best"))
+    from mindvis.finetune.data import build_stage_b_data
+    from mindvis.config import build_config
+    from mindvis.align.config import AlignConfig
+    from mindvis.align.engine import test_trials
+
+    cfg = build_config(AlignConfig, run_dir / "config.yaml")
+    avg, trials = test_trials(build_stage_b_data(cfg.data, 16, cfg.train.seed).test)
+    assert trials.shape[:2] == (4, 2)
+    assert np.allclose(decode(model, avg.fmri)["contrastive"], saved["contrastive"], atol=1e-5)
+    if decoder != "ridge":
+        hist = report["history"]
+        assert len(hist) == 4 and report["selected_epoch"] in (2, 4)
+
+
+def test_resume_repeats_the_uninterrupted_run(tmp_path, cache_dir, tiny_world):
+    import shutil
+
+    _, full = run(tmp_path, cache_dir, "full", "--decoder", "mlp")
+    rc, part = run(tmp_path, cache_dir, "part", "--decoder", "mlp")
+    assert rc == 0
+    # as if killed after epoch 2: the later checkpoint and the final outputs never written
+    shutil.rmtree(part / "checkpoints" / "epoch-0004")
+    (part / "checkpoints" / "latest").write_text("epoch-0002\n")
+    (part / "retrieval.json").unlink()
+    assert main(["--resume", str(part)]) == 0
+    a = json.loads((full / "retrieval.json").read_text())
+    b = json.loads((part / "retrieval.json").read_text())
+    assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], rel=1e-6)
+    assert a["test"]["top1_brain_to_image"] == b["test"]["top1_brain_to_image"]
+
+
+def test_mbm_with_a_stage_a_encoder_and_frozen(tmp_path, cache_dir, tiny_world):
+    from mindvis.models.sc_mbm import MaskedBrainModel, mbm_config
+
+    mbm = MaskedBrainModel(mbm_config("tiny", 64, embed_dim=32, depth=1, num_heads=2))
+    mbm.save_pretrained(tmp_path / "stage_a")
+    rc, run_dir = run(tmp_path, cache_dir, "frozen", "--decoder", "mbm", "--encoder", str(tmp_path / "stage_a"),
+                      "decoder.freeze_encoder=true")
+    assert rc == 0
+    dec = load_decoder(run_dir / "model")
+    assert torch.equal(dec.encoder.blocks[0].attn.qkv.weight, mbm.blocks[0].attn.qkv.weight)  # never updated
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train.epochs=0"], "train.epochs=0"),
+    (["loss.contrastive=triplet"], "loss.contrastive"),
+    (["train.batch_size=1"], "train.batch_size"),
+    (["decoder.alphas=[0.0,1.0]"], "decoder.alphas"),
+    (["--target", "clip:/nonexistent/clip-folder"], "not on this machine"),
+    (["--target", "resnet"], "unknown target space"),
+    (["decoder.nope=1"], "nope"),
+])
+def test_bad_settings_are_one_line_errors(args, message, tmp_path, cache_dir, tiny_world, capsys):
+    rc, _ = run(tmp_path, cache_dir, "bad", *args)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_real_dataset_preset_needs_a_target(tmp_path, capsys):
+    rc = main(["--dataset", "god", "--data-path", str(tmp_path), "--out", str(tmp_path)])
+    assert rc == 2 and "target" in capsys.readouterr().err
+
+
+def test_target_and_fmri_counts_must_agree():
+    from mindvis.models.ridge import RidgeDecoder
+
+    with pytest.raises(ValueError, match="same N"):
+        RidgeDecoder.fit(np.zeros((10, 4)), np.zeros((9, 2)))
+
+
+def test_nan_fmri_is_refused(tmp_path, cache_dir, tiny_world, capsys):
+    from mindvis.data.synthetic import SyntheticWorldConfig
+
+    from .conftest import TINY_WORLD
+
+    cfg = SyntheticWorldConfig(**TINY_WORLD)
+    path = cache_dir / "synthetic" / cfg.fingerprint() / "GOD" / "sbj_1.npz"
+    backup = path.read_bytes()
+    try:
+        with np.load(path) as z:
+            arrays = dict(z)
+        arrays["arr_0"] = arrays["arr_0"].copy()
+        arrays["arr_0"][0] = np.nan
+        np.savez(path, **arrays)
+        rc, _ = run(tmp_path, cache_dir, "nan", "--decoder", "ridge")
+        assert rc == 2 and "NaN" in capsys.readouterr().err
+    finally:
+        path.write_bytes(backup)
