@@ -124,3 +124,57 @@ def test_nan_fmri_is_refused(tmp_path, cache_dir, tiny_world, capsys):
         assert rc == 2 and "NaN" in capsys.readouterr().err
     finally:
         path.write_bytes(backup)
+
+
+@pytest.fixture(scope="module")
+def embedding_prior(tmp_path_factory, tiny_world):
+    """A generator conditioned on the synthetic target space, one epoch of each part on the tiny world (16 px)."""
+    from mindvis.data.synthetic import SyntheticWorldConfig
+    from mindvis.finetune.config import PriorConfig
+    from mindvis.finetune.prior import train_prior
+
+    from .conftest import TINY_WORLD
+
+    cfg = PriorConfig(image_size=16, images_per_class=2, vq_channels=[32, 32, 32], unet_channels=[32, 32],
+                      context_dim=32, vq_epochs=1, ldm_epochs=1, batch_size=8, condition="embedding",
+                      target="synthetic", synthetic=SyntheticWorldConfig(**TINY_WORLD))
+    return train_prior(cfg, tmp_path_factory.mktemp("gen") / "gen")
+
+
+def test_generation_from_decoded_embeddings_is_scored(tmp_path, cache_dir, embedding_prior, capsys):
+    from mindvis.evaluation.cli import main as eval_main
+    from mindvis.pipelines.embedding_pipeline import EmbeddingToImagePipeline
+    from mindvis.pipelines.sample_cli import main as sample_main
+
+    rc, run_dir = run(tmp_path, cache_dir, "gen-ridge", "--decoder", "ridge")
+    assert rc == 0
+    out = tmp_path / "samples"
+    assert sample_main(["--model", str(run_dir), "--generator", str(embedding_prior), "--scheduler", "dpm++",
+                        "--steps", "2", "--num-samples", "2", "--out", str(out)]) == 0
+    with np.load(out / "samples.npz") as z:
+        assert z["samples"].shape == (4, 2, 16, 16, 3) and z["ground_truth"].shape == (4, 16, 16, 3)
+        assert json.loads(str(z["meta"]))["generator"] == str(embedding_prior)
+    assert eval_main(["--samples", str(out), "--n-way", "4", "--metrics", "nway", "pcc"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert "pcc_identification" in json.dumps(report)
+    # the generator depends on the embedding it is given
+    pipe = EmbeddingToImagePipeline.from_pretrained(embedding_prior)
+    e = torch.randn(2, pipe.conditioner.config.embed_dim)
+    a = pipe(e, num_inference_steps=2, scheduler="dpm++")
+    assert a.shape == (2, 1, 3, 16, 16) and not torch.allclose(a[0], a[1])
+    # an embedding that does not fit the generator is a clear error
+    with pytest.raises(ValueError, match="expected embeddings"):
+        pipe(torch.randn(2, 5), num_inference_steps=2, scheduler="dpm++")
+    # a decoder whose space differs from the generator's: one-line error, exit 2
+    import shutil
+
+    from mindvis.models.embedding_conditioner import EmbeddingConditioner, EmbeddingConditionerConfig
+
+    other = tmp_path / "other-generator"
+    shutil.copytree(embedding_prior, other)
+    shutil.rmtree(other / "embedding_conditioner")
+    EmbeddingConditioner(EmbeddingConditionerConfig(7, 32, "clip:x")).save_pretrained(other / "embedding_conditioner")
+    capsys.readouterr()
+    assert sample_main(["--model", str(run_dir), "--generator", str(other), "--steps", "2",
+                        "--out", str(tmp_path / "bad")]) == 2
+    assert "takes 7" in capsys.readouterr().err

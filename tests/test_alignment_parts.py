@@ -239,3 +239,66 @@ def test_clip_and_dinov2_targets_from_local_folders_and_cache(tmp_path, monkeypa
         E.load_embedder("clip:nobody/no-such-clip-model")
     with pytest.raises(ValueError, match="unknown target space"):
         E.load_embedder("vgg:x")
+
+
+def _tiny_clip_tokenizer(folder):
+    """A CLIP BPE tokenizer with a byte-level vocabulary and no merges (enough for the pipeline's plumbing)."""
+    import json as _json
+
+    from transformers import CLIPTokenizer
+
+    # byte-level BPE alphabet: printable bytes stand for themselves, the others for code points from 256 on
+    printable = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
+    extra = iter(range(256, 512))
+    chars = [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+    vocab = {t: i for i, t in enumerate(["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars])}
+    folder.mkdir()
+    (folder / "vocab.json").write_text(_json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def test_stable_unclip_pipeline_loads_from_a_local_folder_and_takes_embeddings(tmp_path, monkeypatch):
+    """The real-data generation path: a diffusers Stable unCLIP folder (here tiny and random) turns decoded CLIP
+    image embeddings into images."""
+    from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline,
+                           UNet2DConditionModel)
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
+                              CLIPVisionModelWithProjection)
+
+    from mindvis.pipelines.embedding_pipeline import load_unclip, unclip_images
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    d = 32
+    pipe = StableUnCLIPImg2ImgPipeline(
+        feature_extractor=CLIPImageProcessor(crop_size=32, size=32),
+        image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=d, projection_dim=d,
+                                                                     num_hidden_layers=1, num_attention_heads=2,
+                                                                     image_size=32, intermediate_size=37,
+                                                                     patch_size=8)),
+        image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=d),
+        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
+        tokenizer=_tiny_clip_tokenizer(tmp_path / "tok"),
+        text_encoder=CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=d,
+                                                  projection_dim=d, intermediate_size=37, num_attention_heads=2,
+                                                  num_hidden_layers=1, vocab_size=600)),
+        unet=UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4,
+                                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(32, 64),
+                                  attention_head_dim=(2, 4), class_embed_type="projection",
+                                  projection_class_embeddings_input_dim=2 * d, cross_attention_dim=d,
+                                  layers_per_block=1, use_linear_projection=True),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1),
+        vae=AutoencoderKL(block_out_channels=(32,), norm_num_groups=32))
+    pipe.save_pretrained(tmp_path / "unclip")
+    loaded = load_unclip(tmp_path / "unclip")
+    emb = torch.randn(2, d)
+    a = unclip_images(loaded, emb, num_inference_steps=2)
+    assert a.shape == (2, 3, 8, 8) and a.min() >= 0 and a.max() <= 1
+    b = unclip_images(loaded, -emb, num_inference_steps=2)
+    assert not torch.allclose(a, b)  # the images follow the embeddings
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        load_unclip(tmp_path / "tok")

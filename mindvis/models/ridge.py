@@ -9,6 +9,9 @@ decomposition per fold plus one for the final fit, never a refit per penalty:
     W(alpha) = V diag(1 / (s + alpha)) V^T X_c^T Y_c          (primal)
     W(alpha) = X_c^T U diag(1 / (s + alpha)) U^T Y_c           (dual, X_c X_c^T = U diag(s) U^T)
 
+The voxels are contracted once: in the dual form the whole training set's Gram matrix x x^T is computed once and
+every fold's (centred) kernels are read from it.
+
 Selection follows scikit-learn's ``RidgeCV(alphas, cv=KFold(k))``: the mean over folds of the held-out R^2
 (uniform over targets for a shared penalty, per target with ``per_target``), the first best in grid order; the
 final model is refitted on all training rows. Folds are contiguous (``KFold`` without shuffling) unless
@@ -22,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from .persistence import PretrainedMixin
 
@@ -50,27 +54,44 @@ def kfold_indices(n: int, k: int, shuffle_seed: int | None = None) -> list[np.nd
 
 
 class _Spectral:
-    """One decomposition of centred training data; solutions for any penalty from it."""
+    """One decomposition of centred training data; solutions for any penalty from it.
 
-    def __init__(self, x: np.ndarray, y: np.ndarray):
-        self.x_mean, self.y_mean = x.mean(0), y.mean(0)
-        xc = x - self.x_mean
-        self.dual = xc.shape[1] > xc.shape[0]
-        gram = xc @ xc.T if self.dual else xc.T @ xc
-        s, vecs = np.linalg.eigh(gram)
-        self.s = np.clip(s, 0, None)
-        self.xc, self.vecs = xc, vecs
-        self.q = vecs.T @ (y - self.y_mean) if self.dual else vecs.T @ (xc.T @ (y - self.y_mean))  # (r, T)
+    Dual form (more voxels than rows): from the rows' uncentred Gram matrix ``gram`` = x x^T (shared by every
+    fold, so the voxel dimension is contracted once for the whole cross-validation), centred in place of x.
+    """
 
-    def projector(self, x_new: np.ndarray) -> np.ndarray:
-        """P with predictions(alpha) = P @ (q / (s + alpha)) + y_mean."""
-        xn = x_new - self.x_mean
-        return (xn @ self.xc.T) @ self.vecs if self.dual else xn @ self.vecs
+    def __init__(self, x: np.ndarray, y: np.ndarray, gram: np.ndarray | None = None):
+        self.x, self.x_mean, self.y_mean = x, x.mean(0), y.mean(0)
+        self.dual = x.shape[1] > x.shape[0]
+        yc = y - self.y_mean
+        if self.dual:
+            g = x @ x.T if gram is None else gram
+            self.row_dot_mean = g.mean(1)  # x_i . mean
+            self.mean_sq = self.row_dot_mean.mean()  # mean . mean
+            kc = g - self.row_dot_mean[:, None] - self.row_dot_mean[None, :] + self.mean_sq
+            self.s, self.vecs = np.linalg.eigh(kc)
+            self.q = self.vecs.T @ yc  # (n, T)
+        else:
+            xc = x - self.x_mean
+            self.s, self.vecs = np.linalg.eigh(xc.T @ xc)
+            self.q = self.vecs.T @ (xc.T @ yc)  # (V, T)
+        self.s = np.clip(self.s, 0, None)
+
+    def projector(self, x_new: np.ndarray, cross: np.ndarray | None = None) -> np.ndarray:
+        """P with predictions(alpha) = P @ (q / (s + alpha)) + y_mean; ``cross`` = x_new x^T if known (dual)."""
+        if not self.dual:
+            return (x_new - self.x_mean) @ self.vecs
+        c = x_new @ self.x.T if cross is None else cross
+        kc = c - c.mean(1)[:, None] - self.row_dot_mean[None, :] + self.mean_sq  # centred cross-kernel
+        return kc @ self.vecs
 
     def coef(self, alpha: np.ndarray) -> np.ndarray:
         """(V, T) weights for a penalty per target (``alpha`` of shape (T,))."""
         scaled = self.q / (self.s[:, None] + alpha[None, :])
-        return self.xc.T @ (self.vecs @ scaled) if self.dual else self.vecs @ scaled
+        if not self.dual:
+            return self.vecs @ scaled
+        a = self.vecs @ scaled  # dual coefficients (n, T); W = (x - mean)^T a
+        return self.x.T @ a - self.x_mean[:, None] * a.sum(0)[None, :]
 
 
 def _r2(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -84,20 +105,23 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return out
 
 
-def cross_validate(x: np.ndarray, y: np.ndarray, alphas, folds: int = 5, shuffle_seed: int | None = None
-                   ) -> np.ndarray:
-    """Mean held-out R^2 per (alpha, target): (len(alphas), T)."""
+def cross_validate(x: np.ndarray, y: np.ndarray, alphas, folds: int = 5, shuffle_seed: int | None = None,
+                   gram: np.ndarray | None = None) -> np.ndarray:
+    """Mean held-out R^2 per (alpha, target): (len(alphas), T). ``gram``: x x^T, if already computed."""
     alphas = np.asarray(alphas, dtype=np.float64)
     scores = np.zeros((len(alphas), y.shape[1]))
     held_out = kfold_indices(len(x), folds, shuffle_seed)
-    for k, test in enumerate(held_out):
+    if gram is None and x.shape[1] > len(x) - len(held_out[0]):
+        gram = x @ x.T
+    for k, test in enumerate(tqdm(held_out, desc="ridge cross-validation", leave=False, disable=len(x) < 2000)):
         train = np.setdiff1d(np.arange(len(x)), test)
-        sp = _Spectral(x[train], y[train])
-        proj = sp.projector(x[test])
+        sub = (lambda rows: gram[np.ix_(rows, train)]) if gram is not None else (lambda rows: None)
+        sp = _Spectral(x[train], y[train], sub(train))
+        proj = sp.projector(x[test], sub(test))
         for a, alpha in enumerate(alphas):
             pred = proj @ (sp.q / (sp.s + alpha)[:, None]) + sp.y_mean
             scores[a] += _r2(y[test], pred)
-        log.info("ridge: fold %d/%d done", k + 1, folds)
+        log.debug("ridge: fold %d/%d done", k + 1, folds)
     return scores / folds
 
 
@@ -132,12 +156,13 @@ class RidgeDecoder(PretrainedMixin, nn.Module):
         alphas = np.asarray(config.alphas, dtype=np.float64)
         if (alphas <= 0).any():
             raise ValueError(f"ridge penalties must be positive, got {config.alphas}")
-        scores = cross_validate(x, y, alphas, config.folds, shuffle_seed)
+        gram = x @ x.T if x.shape[1] > len(x) * (1 - 1 / config.folds) else None  # dual: contract voxels once
+        scores = cross_validate(x, y, alphas, config.folds, shuffle_seed, gram)
         if config.per_target:
             best = alphas[scores.argmax(0)]
         else:
             best = np.full(y.shape[1], alphas[scores.mean(1).argmax()])
-        sp = _Spectral(x, y)
+        sp = _Spectral(x, y, gram)
         w = sp.coef(best)  # (V, T)
         model = cls(config)
         model.weight.data = torch.from_numpy(np.ascontiguousarray(w.T)).float()

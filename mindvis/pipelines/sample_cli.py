@@ -83,11 +83,102 @@ def split_from_run(model_dir: Path, split: str):
     return {"test": data.test, "val": data.val, "train": data.train}[split], world
 
 
+def _truth_images(split, image_size: int) -> np.ndarray:
+    """The split's images as the model sees them: (N, S, S, 3) uint8 at ``image_size``."""
+    from ..data.pairs import PairedDataset
+
+    ds = PairedDataset(split, image_size, train=False)
+    return np.stack([((ds.image_tensor(i, False) + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+                     for i in range(len(split))])
+
+
+def align_split(run: Path, split: str, patch_size: int):
+    """The ``split`` pairs of a mindvis-align run (``test``: the repetition averages), and its synthetic world."""
+    from omegaconf import OmegaConf
+
+    from ..align.config import AlignConfig
+    from ..align.engine import test_trials
+    from ..config import build_config
+    from ..data.pairs import single_trials
+    from ..finetune.data import build_stage_b_data
+
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} is missing: --split needs the align run's config (or use --fmri FILE)")
+    cfg = build_config(AlignConfig, cfg_path)
+    data = build_stage_b_data(cfg.data, patch_size, cfg.train.seed)
+    world = OmegaConf.to_container(cfg.data.synthetic) if cfg.data.dataset == "synthetic" else None
+    chosen = {"test": lambda: test_trials(data.test)[0], "test-trials": lambda: single_trials(data.test),
+              "val": lambda: data.val, "train": lambda: data.train}[split]()
+    return chosen, world
+
+
+def _from_align_run(args):
+    """Decode fMRI with a mindvis-align run's decoder, then draw images from the embedding generator."""
+    from ..align.engine import decode, load_decoder
+    from .embedding_pipeline import EmbeddingToImagePipeline
+
+    run = Path(args.model)
+    folder = next((run / d for d in ("best", "model") if (run / d / "config.json").is_file()), None)
+    if folder is None:
+        raise FileNotFoundError(f"{run} is not a mindvis-align run folder (no best/ or model/ decoder)")
+    decoder = load_decoder(folder)
+    pipe = EmbeddingToImagePipeline.from_pretrained(args.generator)
+    n_vox = getattr(decoder.config, "num_voxels", None) or decoder.config.encoder["num_voxels"]
+    world, truth, labels, datasets = None, None, None, None
+    if args.fmri:
+        fmri = read_fmri_file(args.fmri)
+        ids = [str(i) for i in range(len(fmri))]
+    else:
+        split, world = align_split(run, args.split, getattr(decoder.config, "encoder", {}).get("patch_size", 16))
+        fmri, ids, labels, datasets = split.fmri, split.ids, split.labels, split.dataset
+        truth = _truth_images(split, pipe.image_size)
+    if fmri.shape[1] != n_vox:
+        raise DataError(f"{args.fmri or args.split}: {fmri.shape[1]} voxels, the decoder takes {n_vox}")
+    n = min(len(fmri), args.limit or len(fmri))
+    emb = torch.from_numpy(decode(decoder, fmri[:n])["regression"])
+    want = pipe.conditioner.config.embed_dim
+    if emb.shape[1] != want:
+        raise DataError(f"the decoder in {folder} gives {emb.shape[1]}-dimensional embeddings but the generator "
+                        f"{args.generator} takes {want} ({pipe.conditioner.config.target}): use a generator trained "
+                        "on the align run's target space")
+    t0 = time.time()
+    images = pipe(emb, num_samples=args.num_samples, num_inference_steps=args.steps, scheduler=args.scheduler,
+                  seed=args.seed, batch_size=args.batch_size, progress=True)
+    return images, time.time() - t0, n, truth, ids, labels, datasets, world, str(folder)
+
+
+def _from_dcldm(args):
+    """Reconstruct with a DC-LDM (stage B)."""
+    model_dir = resolve_model_dir(args.model)
+    pipe = MindVisPipeline.from_pretrained(model_dir, args.device)
+    world, truth, labels, datasets = None, None, None, None
+    if args.fmri:
+        fmri = read_fmri_file(args.fmri)
+        n_vox = pipe.model.conditioner.mae.config.num_voxels
+        if fmri.shape[1] != n_vox:
+            raise DataError(f"{args.fmri}: {fmri.shape[1]} voxels, the model takes {n_vox}")
+        ids = [str(i) for i in range(len(fmri))]
+    else:
+        split, world = split_from_run(model_dir, args.split)
+        fmri, ids, labels, datasets = split.fmri, split.ids, split.labels, split.dataset
+        truth = _truth_images(split, pipe.model.image_size)
+    n = min(len(fmri), args.limit or len(fmri))
+    t0 = time.time()
+    images = pipe(torch.from_numpy(fmri[:n]), num_samples=args.num_samples, num_inference_steps=args.steps,
+                  scheduler=args.scheduler, seed=args.seed, batch_size=args.batch_size, progress=True)
+    return images, time.time() - t0, n, truth, ids, labels, datasets, world, str(model_dir)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="mindvis-sample", description="Reconstruct images from fMRI with a trained DC-LDM: "
-                                "the paper's grid (ground truth first, then the samples), one PNG per image, and an "
-                                "array file for mindvis-eval.")
-    p.add_argument("--model", required=True, help="a mindvis-finetune run folder (uses best/) or a DC-LDM folder")
+    p = argparse.ArgumentParser(prog="mindvis-sample", description="Reconstruct images from fMRI with a trained DC-LDM "
+                                "(or a mindvis-align decoder and an embedding generator): the paper's grid (ground "
+                                "truth first, then the samples), one PNG per image, and an array file for mindvis-eval.")
+    p.add_argument("--model", required=True, help="a mindvis-finetune run folder (uses best/) or a DC-LDM folder; with "
+                                                  "--generator, a mindvis-align run folder")
+    p.add_argument("--generator", metavar="DIR", help="an embedding-conditioned generator (mindvis-train-prior "
+                                                      "--condition embedding): the align run's decoded embeddings "
+                                                      "(its regression head) are drawn as images")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--split", choices=["test", "test-trials", "val", "train"], default="test",
                      help="pairs of the run's dataset, prepared as in training (default: test, the repetition "
@@ -99,33 +190,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
     p.add_argument("--batch-size", type=int, default=16, help="images denoised at once")
     p.add_argument("--limit", type=int, default=None, help="decode only the first N fMRI samples")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="device of the DC-LDM (default: cuda when available)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     args = p.parse_args(argv)
     try:
-        model_dir = resolve_model_dir(args.model)
-        pipe = MindVisPipeline.from_pretrained(model_dir, args.device)
-        world, truth, ids, labels, datasets = None, None, None, None, None
-        if args.fmri:
-            fmri = read_fmri_file(args.fmri)
-            n_vox = pipe.model.conditioner.mae.config.num_voxels
-            if fmri.shape[1] != n_vox:
-                raise DataError(f"{args.fmri}: {fmri.shape[1]} voxels, the model takes {n_vox}")
-            ids = [str(i) for i in range(len(fmri))]
-        else:
-            split, world = split_from_run(model_dir, args.split)
-            from ..data.pairs import PairedDataset
-
-            ds = PairedDataset(split, pipe.model.image_size, train=False)
-            fmri = split.fmri
-            truth = np.stack([((ds.image_tensor(i, False) + 1) * 127.5).round().clamp(0, 255).byte()
-                              .permute(1, 2, 0).numpy() for i in range(len(split))])
-            ids, labels, datasets = split.ids, split.labels, split.dataset
-        n = min(len(fmri), args.limit or len(fmri))
-        t0 = time.time()
-        images = pipe(torch.from_numpy(fmri[:n]), num_samples=args.num_samples, num_inference_steps=args.steps,
-                      scheduler=args.scheduler, seed=args.seed, batch_size=args.batch_size, progress=True)
-        seconds = time.time() - t0
+        images, seconds, n, truth, ids, labels, datasets, world, model_dir = (
+            _from_align_run(args) if args.generator else _from_dcldm(args))
         samples = (images.permute(0, 1, 3, 4, 2).numpy() * 255).round().astype(np.uint8)  # (N, K, H, W, 3)
     except (DataError, FileNotFoundError, ConfigError, PriorFormatError) as e:
         print(f"mindvis-sample: error: {e}", file=sys.stderr)
@@ -146,7 +217,7 @@ def main(argv=None) -> int:
     arrays = {"samples": samples, "ids": np.array(ids[:n])}
     if truth is not None:
         arrays |= {"ground_truth": truth[:n], "labels": np.asarray(labels[:n]), "dataset": np.array(datasets[:n])}
-    meta = {"model": str(model_dir), "scheduler": args.scheduler, "steps": args.steps, "num_samples": args.num_samples,
+    meta = {"model": model_dir, "generator": args.generator, "scheduler": args.scheduler, "steps": args.steps, "num_samples": args.num_samples,
             "seed": args.seed, "split": None if args.fmri else args.split, "fmri_file": args.fmri,
             "synthetic_world": world, "seconds": round(seconds, 2), "seconds_per_image": round(seconds / (n * args.num_samples), 4)}
     arrays["meta"] = np.array(json.dumps(meta))
