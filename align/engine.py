@@ -306,13 +306,20 @@ def _thumb(images: np.ndarray, size: int = 64) -> np.ndarray:
 
 
 def retrieval_grid(path: Path, pred: np.ndarray, truth_images: np.ndarray, gallery_emb: np.ndarray,
-                   gallery_images: np.ndarray, show: int, k: int = 5) -> None:
-    """Rows: the seen image, then the ``k`` gallery images nearest to its decoded embedding."""
+                   gallery_images: np.ndarray, show: int, k: int = 5, own: np.ndarray | None = None) -> None:
+    """Rows: the seen image, then the ``k`` gallery images nearest to its decoded embedding; where ``own[i]`` is
+    the gallery index of row i's own image, that image is framed in green."""
     if show == 0:
         return
     sim = cosine_similarity(torch.from_numpy(pred[:show]), torch.from_numpy(gallery_emb)).numpy()
     best = np.argsort(-sim, axis=1)[:, :k]
-    rows = [np.concatenate([_thumb(truth_images[i:i + 1]), _thumb(gallery_images[best[i]])]) for i in range(len(best))]
+    rows = []
+    for i in range(len(best)):
+        thumbs = _thumb(gallery_images[best[i]])
+        for j in np.nonzero(best[i] == own[i])[0] if own is not None else []:
+            for edge in (np.s_[:3], np.s_[-3:], np.s_[:, :3], np.s_[:, -3:]):
+                thumbs[j][edge] = (0.1, 0.85, 0.1)
+        rows.append(np.concatenate([_thumb(truth_images[i:i + 1]), thumbs]))
     save_image_grid(path, rows)
 
 
@@ -421,7 +428,7 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
                       "ids": np.array(test.ids)}
             atomic_write(run_dir / "test_embeddings.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))
             retrieval_grid(run_dir / "retrieval_top5.png", dec["contrastive"], test.images, emb["test"], test.images,
-                           ev.show)
+                           ev.show, own=np.arange(len(test)))
             retrieval_grid(run_dir / "gallery_top5.png", dec["contrastive"], test.images, emb["gallery"], gallery,
                            ev.show)
         if history:

@@ -8,7 +8,7 @@ import torch
 from mindvis.align.cli import main
 from mindvis.align.engine import decode, load_decoder
 
-from .conftest import world_overrides
+from .conftest import FIXTURES, world_overrides
 
 TINY_ALIGN = ["train.batch_size=4", "train.epochs=4", "train.val_every=2", "train.checkpoint_every=2",
               "train.warmup_epochs=1", "decoder.hidden=32", "decoder.blocks=1", "decoder.projector_hidden=16",
@@ -67,12 +67,19 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path, cache_dir, tiny_world):
     assert a["test"]["top1_brain_to_image"] == b["test"]["top1_brain_to_image"]
 
 
-def test_mbm_with_a_stage_a_encoder_and_frozen(tmp_path, cache_dir, tiny_world):
+@pytest.mark.parametrize("source", ["mindvis", "original"])
+def test_mbm_with_a_stage_a_encoder_and_frozen(source, tmp_path, cache_dir, tiny_world):
+    from mindvis.compat.original import load_original_mbm
     from mindvis.models.sc_mbm import MaskedBrainModel, mbm_config
 
-    mbm = MaskedBrainModel(mbm_config("tiny", 64, embed_dim=32, depth=1, num_heads=2))
-    mbm.save_pretrained(tmp_path / "stage_a")
-    rc, run_dir = run(tmp_path, cache_dir, "frozen", "--decoder", "mbm", "--encoder", str(tmp_path / "stage_a"),
+    if source == "mindvis":
+        mbm = MaskedBrainModel(mbm_config("tiny", 64, embed_dim=32, depth=1, num_heads=2))
+        mbm.save_pretrained(tmp_path / "stage_a")
+        encoder = tmp_path / "stage_a"
+    else:  # the original release's fmri_encoder.pth (208 voxels; positions interpolated to the world's 176)
+        encoder = FIXTURES / "fmri_encoder.pth"
+        mbm, _ = load_original_mbm(encoder)
+    rc, run_dir = run(tmp_path, cache_dir, "frozen", "--decoder", "mbm", "--encoder", str(encoder),
                       "decoder.freeze_encoder=true")
     assert rc == 0
     dec = load_decoder(run_dir / "model")

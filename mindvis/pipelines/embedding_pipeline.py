@@ -18,12 +18,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.embedding_conditioner import EmbeddingConditioner
-from .mindvis_pipeline import denoise, make_scheduler
+from .mindvis_pipeline import denoise, make_scheduler, resolve_precision
 
 
 @torch.no_grad()
 def sample_with_context(unet, vae, sched, context: torch.Tensor, num_samples: int, steps: int, seed: int = 0,
-                        batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+                        batch_size: int = 64, progress: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """context (N, T, C) -> images (N, num_samples, 3, H, W) in [0, 1]; the noise of the whole call is drawn from
     one generator, so the result does not depend on ``batch_size``."""
     n = context.shape[0]
@@ -35,7 +35,7 @@ def sample_with_context(unet, vae, sched, context: torch.Tensor, num_samples: in
     for start in tqdm(range(0, len(context), batch_size), desc="sampling", disable=not progress, leave=False):
         ctx = context[start:start + batch_size]
         x = denoise(sched, latents[start:start + batch_size], steps,
-                    lambda x, t: unet(x, t, encoder_hidden_states=ctx).sample)
+                    lambda x, t: unet(x, t, encoder_hidden_states=ctx).sample, dtype)
         out.append(((vae.decode(x / vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1))
     images = torch.cat(out)
     return images.view(n, num_samples, *images.shape[1:])
@@ -64,10 +64,12 @@ class EmbeddingToImagePipeline:
 
     @torch.no_grad()
     def __call__(self, embeddings: torch.Tensor, num_samples: int = 1, num_inference_steps: int = 25,
-                 scheduler: str = "dpm++", seed: int = 0, batch_size: int = 64, progress: bool = False):
+                 scheduler: str = "dpm++", seed: int = 0, batch_size: int = 64, progress: bool = False,
+                 precision: str = "fp32"):
         context = self.conditioner(torch.as_tensor(embeddings))
         return sample_with_context(self.unet, self.vae, make_scheduler(scheduler, self.scheduler_config), context,
-                                   num_samples, num_inference_steps, seed, batch_size, progress)
+                                   num_samples, num_inference_steps, seed, batch_size, progress,
+                                   resolve_precision(precision, "cpu"))
 
 
 def load_unclip(folder: str | os.PathLike, device: str = "cpu"):

@@ -15,7 +15,7 @@ from ..config import ConfigError
 from ..data.fmri import DataError
 from ..utils.io import atomic_write, atomic_write_json
 from ..utils.plots import save_image_grid
-from .mindvis_pipeline import SCHEDULERS, MindVisPipeline
+from .mindvis_pipeline import PRECISIONS, SCHEDULERS, MindVisPipeline
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -144,7 +144,7 @@ def _from_align_run(args):
                         "on the align run's target space")
     t0 = time.time()
     images = pipe(emb, num_samples=args.num_samples, num_inference_steps=args.steps, scheduler=args.scheduler,
-                  seed=args.seed, batch_size=args.batch_size, progress=True)
+                  seed=args.seed, batch_size=args.batch_size, progress=True, precision=args.precision)
     return images, time.time() - t0, n, truth, ids, labels, datasets, world, str(folder)
 
 
@@ -166,7 +166,8 @@ def _from_dcldm(args):
     n = min(len(fmri), args.limit or len(fmri))
     t0 = time.time()
     images = pipe(torch.from_numpy(fmri[:n]), num_samples=args.num_samples, num_inference_steps=args.steps,
-                  scheduler=args.scheduler, seed=args.seed, batch_size=args.batch_size, progress=True)
+                  scheduler=args.scheduler, seed=args.seed, batch_size=args.batch_size, progress=True,
+                  precision=args.precision)
     return images, time.time() - t0, n, truth, ids, labels, datasets, world, str(model_dir)
 
 
@@ -186,6 +187,10 @@ def main(argv=None) -> int:
     src.add_argument("--fmri", metavar="FILE", help="fMRI to decode instead: .npy/.npz/.h5, (N, voxels)")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="plms", help="sampler (default: plms, as the paper)")
     p.add_argument("--steps", type=int, default=250, help="denoising steps (paper: 250 PLMS)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="arithmetic of the conditioner and UNet (autocast): fp32, bf16, fp16, or auto (bf16 where the "
+                        "device computes it natively, fp16 on CUDA without bf16, else fp32); the solver and the "
+                        "image decoding stay fp32")
     p.add_argument("--num-samples", type=int, default=5, help="images per fMRI (paper: 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
     p.add_argument("--batch-size", type=int, default=16, help="images denoised at once")
@@ -217,7 +222,8 @@ def main(argv=None) -> int:
     arrays = {"samples": samples, "ids": np.array(ids[:n])}
     if truth is not None:
         arrays |= {"ground_truth": truth[:n], "labels": np.asarray(labels[:n]), "dataset": np.array(datasets[:n])}
-    meta = {"model": model_dir, "generator": args.generator, "scheduler": args.scheduler, "steps": args.steps, "num_samples": args.num_samples,
+    meta = {"model": model_dir, "generator": args.generator, "scheduler": args.scheduler, "steps": args.steps,
+            "precision": args.precision, "num_samples": args.num_samples,
             "seed": args.seed, "split": None if args.fmri else args.split, "fmri_file": args.fmri,
             "synthetic_world": world, "seconds": round(seconds, 2), "seconds_per_image": round(seconds / (n * args.num_samples), 4)}
     arrays["meta"] = np.array(json.dumps(meta))
