@@ -6,10 +6,9 @@ import argparse
 import sys
 
 from mindvis.config import resolve_run_config
-from mindvis.configs import preset_names
 from mindvis.finetune.config import DATASETS
 from mindvis.models.image_embedders import EmbedderUnavailable
-from mindvis.training import run_training_command
+from mindvis.training import add_run_arguments, run_training_command
 
 from .config import AlignConfig, DECODERS
 from .engine import align
@@ -48,14 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", metavar="CKPT", help="mbm: a mindvis-pretrain run or model folder, an original "
                                                      "fmri_encoder.pth, or 'random' (sets decoder.encoder)")
     p.add_argument("--target", metavar="SPACE", help="image embedding space (sets target; see below)")
-    p.add_argument("--config", metavar="PRESET",
-                   help=f"YAML preset: a file or a shipped name ({', '.join(preset_names('align'))})")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
-    p.add_argument("--out", "--output-dir", dest="output_dir", metavar="DIR",
-                   help="parent folder of run folders (sets output_dir; default runs/align)")
-    p.add_argument("--run-name", metavar="NAME", help="run folder name (default: date and time)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see below)")
+    add_run_arguments(p, "align")
     return p
 
 

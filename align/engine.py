@@ -28,7 +28,6 @@ from mindvis.finetune.data import build_stage_b_data
 from mindvis.models.brain_decoders import MBMDecoder, MBMDecoderConfig, MindEyeMLP, MLPConfig
 from mindvis.models.image_embedders import cached_embeddings, load_embedder, valid_target
 from mindvis.models.ridge import RidgeConfig, RidgeDecoder
-from mindvis.models.sc_mbm import MBMConfig, mbm_config
 from mindvis.training import (STATE_NAME, check_finite_loss, decay_groups, latest_checkpoint, load_training_state,
                               lr_at, save_training_state, seed_epoch, start_run, write_checkpoint)
 from mindvis.utils.io import atomic_dir, atomic_write, atomic_write_json, atomic_write_text
@@ -118,10 +117,7 @@ def build_decoder(cfg: DictConfig, num_voxels: int, dim: int):
     if d.name == "mbm":
         from mindvis.finetune.engine import build_encoder, load_encoder
 
-        enc_cfg, weights = load_encoder(OmegaConf.create({"model": {"encoder": d.encoder,
-                                                                    "encoder_variant": d.encoder_variant}}))
-        fake = OmegaConf.create({"model": {"global_pool": False, "interpolate_positions": True}})
-        encoder = build_encoder(fake, num_voxels, enc_cfg, weights)
+        encoder = build_encoder(num_voxels, *load_encoder(d.encoder, d.encoder_variant))
         return MBMDecoder(MBMDecoderConfig(asdict(encoder.config), dim, d.projector_hidden, d.pool, d.token_dim,
                                            {"encoder": d.encoder}), encoder)
     raise ValueError(f"{d.name} is not trained by gradient descent")
@@ -359,8 +355,7 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
     if cfg.decoder.name == "mbm" and cfg.decoder.encoder != "random":
         from mindvis.finetune.engine import load_encoder
 
-        patch = load_encoder(OmegaConf.create({"model": {"encoder": cfg.decoder.encoder,
-                                                         "encoder_variant": cfg.decoder.encoder_variant}}))[0].patch_size
+        patch = load_encoder(cfg.decoder.encoder, cfg.decoder.encoder_variant)[0].patch_size
     data = build_stage_b_data(cfg.data, patch, tc.seed)
     test, trials = test_trials(data.test)
     log.info("data: %s", data.description)

@@ -41,7 +41,7 @@ def build(kind: str):
     return DCLDM(unet, vae, cond, sched), enc.num_voxels, batch, size
 
 
-def run_one(kind: str, steps: int, device: str) -> dict:
+def run_one(kind: str, steps: int, device: str, precision: str = "no") -> dict:
     import torch
 
     torch.manual_seed(0)
@@ -52,8 +52,11 @@ def run_one(kind: str, steps: int, device: str) -> dict:
     opt = torch.optim.AdamW(params, lr=5.3e-5)
     imgs, fmri = torch.rand(batch, 3, size, size, device=device) * 2 - 1, torch.randn(batch, 1, voxels, device=device)
 
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
     def step():
-        loss = model(imgs, fmri)
+        with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+            loss = model(imgs, fmri)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 0.5)
         opt.step()
@@ -72,12 +75,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"], help="autocast precision")
     p.add_argument("--out", default="bench/results/finetune_cpu.md")
     p.add_argument("--only", nargs="*", choices=sorted(set(CONFIGS.values())), help="run only these configurations")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.steps, args.device)))
+        print(json.dumps(run_one(args.one, args.steps, args.device, args.precision)))
         return
     import torch
 
@@ -86,7 +90,7 @@ def main() -> None:
         if args.only and kind not in args.only:
             continue
         res = subprocess.run([sys.executable, __file__, "--one", kind, "--steps", str(args.steps), "--device",
-                              args.device], capture_output=True, text=True)
+                              args.device, "--precision", args.precision], capture_output=True, text=True)
         if res.returncode:
             print(res.stderr[-2000:], file=sys.stderr)
             continue
@@ -97,8 +101,8 @@ def main() -> None:
     dev = device_label(args.device)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join([
-        f"# Stage-B training step ({args.device}: {dev}; torch {torch.__version__}; {args.steps} timed steps; "
-        "random weights)", "",
+        f"# Stage-B training step ({args.device}: {dev}; torch {torch.__version__}; precision {args.precision}; "
+        f"{args.steps} timed steps; random weights)", "",
         "| configuration | parameters (M) | trainable (M) | s / step | samples / s | peak RSS (GiB) | peak GPU (GiB) |",
         "|---|---|---|---|---|---|---|", *rows, ""]))
     print(f"wrote {args.out}")

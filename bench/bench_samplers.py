@@ -8,6 +8,11 @@ steps, fp32). Choose settings on ``--split val``; report the chosen one against 
     python bench/bench_samplers.py --model runs/finetune/RUN --split val --out bench/results/samplers_val.md
     python bench/bench_samplers.py --model runs/finetune/RUN --split test --settings plms:250:fp32 dpm++:10:bf16 \
         --out bench/results/samplers_test.md
+    python bench/bench_samplers.py --paper-size --settings plms:250:fp32 dpm++:10:bf16 --out bench/results/samplers_paper.md
+
+``--paper-size`` times the paper's architecture (label2img-sized UNet, VQ-f4 at 256 px, paper SC-MBM on 4,656 voxels)
+with random weights, batch 5: each setting is run at 2 and 4 steps, and its seconds per image at the full step count
+are extrapolated from the per-step cost (the difference) and the fixed cost (conditioning and decoding).
 """
 from __future__ import annotations
 
@@ -33,14 +38,20 @@ def main() -> None:
     from mindvis.pipelines.sample_cli import _truth_images, resolve_model_dir, split_from_run
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a mindvis-finetune run on the synthetic world (uses best/)")
+    p.add_argument("--model", help="a mindvis-finetune run on the synthetic world (uses best/); not with --paper-size")
     p.add_argument("--split", default="val", choices=["val", "test", "test-trials"])
     p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, help="scheduler:steps:precision ...")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--num-samples", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=50, help="images denoised at once (the same for every setting)")
     p.add_argument("--out", default="bench/results/samplers_val.md")
+    p.add_argument("--paper-size", action="store_true", help="time the paper-size architecture (random weights)")
+    p.add_argument("--device", default="cpu")
     args = p.parse_args()
+    if args.paper_size:
+        return paper_size(args)
+    if not args.model:
+        p.error("--model is required (or --paper-size)")
     model_dir = resolve_model_dir(args.model)
     pipe = MindVisPipeline.from_pretrained(model_dir)
     split, world = split_from_run(model_dir, args.split)
@@ -75,6 +86,37 @@ def main() -> None:
             "|---|---|---|---|---|---|---|"]
     Path(args.out).write_text("\n".join(head + rows) + "\n")
     Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out}")
+
+
+def paper_size(args) -> None:
+    from bench_finetune import build
+
+    from mindvis.pipelines import MindVisPipeline
+
+    torch.manual_seed(0)
+    model, voxels, batch, size = build("paper")
+    pipe = MindVisPipeline(model.to(args.device).eval())
+    fmri = torch.randn(batch, voxels, device=args.device)
+    rows, base = [], None
+    for setting in args.settings:
+        sched, steps, precision = setting.split(":")
+        t = {}
+        for k in (2, 4):
+            t0 = time.perf_counter()
+            pipe(fmri, num_samples=1, num_inference_steps=k, scheduler=sched, batch_size=batch, precision=precision)
+            t[k] = (time.perf_counter() - t0) / batch
+        per_step = (t[4] - t[2]) / 2
+        total = t[2] - 2 * per_step + int(steps) * per_step
+        base = base or total
+        rows.append(f"| {sched} | {steps} | {precision} | {per_step:.3f} | {total:.1f} | {base / total:.1f}x |")
+        print(rows[-1], flush=True)
+    Path(args.out).write_text("\n".join([
+        f"# Sampling time at paper size ({args.device}: {device_label(args.device)}; torch {torch.__version__}; "
+        f"random weights, {size} px, batch {batch})", "",
+        "Extrapolated from runs at 2 and 4 steps: seconds per image = fixed cost + steps x per-step cost.", "",
+        "| scheduler | steps | precision | s / step / image | s / image | speed-up |", "|---|---|---|---|---|---|",
+        *rows, ""]))
     print(f"wrote {args.out}")
 
 

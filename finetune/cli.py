@@ -6,8 +6,7 @@ import sys
 
 from mindvis.compat.ldm import PriorFormatError
 from mindvis.config import resolve_run_config
-from mindvis.configs import preset_names
-from mindvis.training import run_training_command
+from mindvis.training import add_run_arguments, run_training_command
 
 from .config import DATASETS, FinetuneConfig
 from .engine import finetune
@@ -43,13 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "original .pth, or 'random' (sets model.encoder)")
     p.add_argument("--prior", metavar="DIR", help="pretrained LDM: CompVis folder (config.yaml + model.ckpt) or "
                                                   "diffusers-style folder (sets model.prior)")
-    p.add_argument("--config", metavar="PRESET",
-                   help=f"YAML preset: a file or a shipped name ({', '.join(preset_names('finetune'))})")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
-    p.add_argument("--output-dir", metavar="DIR", help="parent folder of run folders (sets output_dir)")
-    p.add_argument("--run-name", metavar="NAME", help="run folder name (default: date and time)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see below)")
+    add_run_arguments(p, "finetune")
     return p
 
 

@@ -37,17 +37,20 @@ from .data import build_stage_b_data
 log = logging.getLogger("mindvis.finetune")
 
 
-def load_encoder(cfg: DictConfig) -> tuple[MBMConfig, dict | None]:
-    """The stage-A encoder's architecture and weights (None for a random encoder)."""
-    m = cfg.model
-    if not m.encoder:
-        raise FileNotFoundError("model.encoder is empty: give the stage-A SC-MBM (--encoder RUN_DIR, a model folder "
-                                "or an original .pth), or --encoder random for an untrained encoder")
-    if m.encoder == "random":
-        return mbm_config(m.encoder_variant, 16 * 16), None
+def load_encoder(encoder: str, variant: str = "tiny") -> tuple[MBMConfig, dict | None]:
+    """The stage-A encoder's architecture and weights (None for a random encoder).
+
+    ``encoder``: a mindvis-pretrain run or model folder, an original ``fmri_encoder.pth``, or ``random`` (the
+    ``variant`` architecture, untrained).
+    """
+    if not encoder:
+        raise FileNotFoundError("no stage-A encoder given: give the SC-MBM (--encoder RUN_DIR, a model folder or an "
+                                "original .pth), or --encoder random for an untrained encoder")
+    if encoder == "random":
+        return mbm_config(variant, 16 * 16), None
     from mindvis.pretrain.engine import load_mbm
 
-    mbm = load_mbm(m.encoder)
+    mbm = load_mbm(encoder)
     return mbm.config, mbm.state_dict()
 
 
@@ -62,16 +65,16 @@ def resolve_prior(cfg: DictConfig) -> str:
     return str(ensure_synthetic_prior(OmegaConf.to_object(cfg.data.synthetic), cfg.data.cache_dir or None))
 
 
-def build_encoder(cfg: DictConfig, num_voxels: int, enc_cfg: MBMConfig, enc_weights: dict | None) -> FMRIEncoder:
-    """The SC-MBM encoder for ``num_voxels`` voxels, with the stage-A weights (positions resized if needed)."""
-    m = cfg.model
+def build_encoder(num_voxels: int, enc_cfg: MBMConfig, enc_weights: dict | None, global_pool: bool = False,
+                  interpolate_positions: bool = True) -> FMRIEncoder:
+    """The SC-MBM encoder for ``num_voxels`` voxels, with the stage-A weights (positions resized if allowed)."""
     if num_voxels % enc_cfg.patch_size or num_voxels // enc_cfg.patch_size < 2:
         raise DataError(f"the encoder (patch size {enc_cfg.patch_size}) cannot take {num_voxels} voxels: it needs a "
                         "multiple of the patch size with at least two patches")
-    if enc_weights is not None and num_voxels != enc_cfg.num_voxels and not m.interpolate_positions:
+    if enc_weights is not None and num_voxels != enc_cfg.num_voxels and not interpolate_positions:
         raise DataError(f"the data has {num_voxels} voxels but the encoder was trained on {enc_cfg.num_voxels}; "
                         "set model.interpolate_positions=true to resize its positions (as the original does)")
-    encoder = FMRIEncoder(MBMConfig(**{**asdict(enc_cfg), "num_voxels": num_voxels}), global_pool=m.global_pool)
+    encoder = FMRIEncoder(MBMConfig(**{**asdict(enc_cfg), "num_voxels": num_voxels}), global_pool=global_pool)
     if enc_weights is not None:
         encoder.load_mbm_state_dict(enc_weights)
     return encoder
@@ -79,7 +82,7 @@ def build_encoder(cfg: DictConfig, num_voxels: int, enc_cfg: MBMConfig, enc_weig
 
 def build_model(cfg: DictConfig, num_voxels: int, enc_cfg: MBMConfig, enc_weights: dict | None) -> DCLDM:
     m = cfg.model
-    encoder = build_encoder(cfg, num_voxels, enc_cfg, enc_weights)
+    encoder = build_encoder(num_voxels, enc_cfg, enc_weights, m.global_pool, m.interpolate_positions)
     unet, vae, sched = load_prior(resolve_prior(cfg), time_conditioned=m.time_cond, cache_dir=cfg.data.cache_dir or None)
     ccfg = ConditionerConfig(encoder=asdict(encoder.config), context_dim=unet.config.cross_attention_dim,
                              time_embed_dim=unet.time_embedding.linear_2.out_features, global_pool=m.global_pool,
@@ -140,7 +143,7 @@ def finetune(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
                           f"got {tc.select_metric!r}")
     accelerator, run_dir, main = start_run(tc, cfg.output_dir, resume, run_name, "mindvis.finetune")
 
-    enc_cfg, enc_weights = load_encoder(cfg)
+    enc_cfg, enc_weights = load_encoder(cfg.model.encoder, cfg.model.encoder_variant)
     data = build_stage_b_data(cfg.data, enc_cfg.patch_size, tc.seed)
     log.info("data: %s", data.description)
     model = build_model(cfg, data.num_voxels, enc_cfg, enc_weights)

@@ -16,6 +16,16 @@ class ConfigError(ValueError):
     """A preset or override does not fit the config schema."""
 
 
+#: Words YAML reads as booleans; in an override they are kept as the word, so ``train.mixed_precision=no`` stays
+#: "no" (a boolean key still accepts the word).
+_YAML_BOOLEAN_WORDS = {"y", "yes", "n", "no", "on", "off"}
+
+
+def _quote_boolean_words(override: str) -> str:
+    key, _, value = override.partition("=")
+    return f"{key}='{value}'" if value.lower() in _YAML_BOOLEAN_WORDS else override
+
+
 def _merge(base: DictConfig, other, what: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)
@@ -47,7 +57,7 @@ def build_config(schema: type, preset: str | os.PathLike | None = None, override
         raise ConfigError(f"overrides must look like key=value, got {bad}")
     if overrides:
         try:
-            dot = OmegaConf.from_dotlist(list(overrides))
+            dot = OmegaConf.from_dotlist([_quote_boolean_words(o) for o in overrides])
         except OmegaConfBaseException as e:
             raise ConfigError(f"cannot parse overrides {list(overrides)}: {e}") from None
         cfg = _merge(cfg, dot, "command-line override")

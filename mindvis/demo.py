@@ -105,12 +105,11 @@ def _probe(out: Path, args, image_size: int) -> dict:
     from .finetune.data import build_stage_b_data
     from .finetune.engine import build_encoder, load_encoder
 
-    def config(encoder):
-        return build_config(FinetuneConfig, preset_path("finetune", "synthetic"),
-                            [f"output_dir={out}", f"model.encoder={encoder}", *args.finetune])
-
-    cfg = config(out / "pretrain")
-    encoders = {"pretrained": load_encoder(cfg), "random": load_encoder(config("random"))}
+    cfg = build_config(FinetuneConfig, preset_path("finetune", "synthetic"),
+                       [f"output_dir={out}", f"model.encoder={out / 'pretrain'}", *args.finetune])
+    m = cfg.model
+    encoders = {"pretrained": load_encoder(m.encoder, m.encoder_variant),
+                "random": load_encoder("random", m.encoder_variant)}
     scores = {}
     for seed in range(args.seeds):
         data = build_stage_b_data(cfg.data, encoders["pretrained"][0].patch_size, seed)
@@ -119,7 +118,7 @@ def _probe(out: Path, args, image_size: int) -> dict:
                                 for i in range(len(s))]) for k, s in splits.items()}
         for name, (enc_cfg, weights) in encoders.items():
             torch.manual_seed(seed)
-            encoder = build_encoder(cfg, data.num_voxels, enc_cfg, weights).eval()
+            encoder = build_encoder(data.num_voxels, enc_cfg, weights, m.global_pool, m.interpolate_positions).eval()
             with torch.no_grad():
                 feats = {k: encoder(torch.from_numpy(np.asarray(s.fmri, np.float32))[:, None]).flatten(1).numpy()
                          for k, s in splits.items()}

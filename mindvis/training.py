@@ -139,6 +139,21 @@ def start_run(train_cfg, output_dir: str, resume: str | Path | None, run_name: s
     return accelerator, run_dir, main
 
 
+def add_run_arguments(parser, stage: str, resume_help: str = "continue the run in RUN_DIR from its latest checkpoint"):
+    """The flags every training command shares: preset, resume, output folder, run name, --print-config and the
+    ``key=value`` overrides (accepted anywhere on the line when parsed with ``parse_intermixed_args``)."""
+    from .configs import preset_names
+
+    parser.add_argument("--config", metavar="PRESET",
+                        help=f"YAML preset: a file or a shipped name ({', '.join(preset_names(stage))})")
+    parser.add_argument("--resume", metavar="RUN_DIR", help=resume_help)
+    parser.add_argument("--output-dir", "--out", dest="output_dir", metavar="DIR",
+                        help="parent folder of run folders (sets output_dir)")
+    parser.add_argument("--run-name", metavar="NAME", help="run folder name (default: date and time)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see below)")
+
+
 def run_training_command(prog: str, args, resolve, train, errors: tuple = ()) -> int:
     """Resolve the config, print it (``--print-config``) or train; user mistakes become one-line errors (exit 2),
     a non-finite loss exit 1."""

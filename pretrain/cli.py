@@ -5,8 +5,7 @@ import argparse
 import sys
 
 from mindvis.config import resolve_run_config
-from mindvis.configs import preset_names
-from mindvis.training import run_training_command
+from mindvis.training import add_run_arguments, run_training_command
 
 from .config import DATA_SOURCES, PretrainConfig
 from .engine import pretrain
@@ -40,16 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "world's resting state, generated on first use), synthetic-god (its GOD-like fMRI). "
                         "Sets data.source and, without --config, the matching preset. Default: synthetic")
     p.add_argument("--data-path", metavar="DIR", help="dataset folder (sets data.path); not needed for synthetic")
-    p.add_argument("--config", metavar="PRESET",
-                   help=f"YAML preset: a file or a shipped name ({', '.join(preset_names('pretrain'))})")
     p.add_argument("--init", metavar="CKPT",
                    help="start from an SC-MBM (stage A2): a mindvis run or model folder, or an original .pth")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint, "
-                                                       "with its saved config (overrides still apply)")
-    p.add_argument("--output-dir", metavar="DIR", help="parent folder of run folders (sets output_dir)")
-    p.add_argument("--run-name", metavar="NAME", help="run folder name (default: date and time)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see below)")
+    add_run_arguments(p, "pretrain", "continue the run in RUN_DIR from its latest checkpoint, with its saved config "
+                                     "(overrides still apply)")
     return p
 
 

@@ -62,3 +62,12 @@ def test_cli_reports_config_errors(capsys):
     assert "train.nope" in capsys.readouterr().err
     assert main(["--print-config"]) == 0
     assert "mask_ratio: 0.75" in capsys.readouterr().out
+
+
+def test_yaml_boolean_words_stay_words_in_overrides():
+    from mindvis.finetune.config import FinetuneConfig
+
+    cfg = build_config(FinetuneConfig, overrides=["train.mixed_precision=no", "data.include_test_trials=yes",
+                                                  "train.train_encoder=off"])
+    assert cfg.train.mixed_precision == "no"  # YAML would read `no` as False, which became the string "False"
+    assert cfg.data.include_test_trials is True and cfg.train.train_encoder is False

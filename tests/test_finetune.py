@@ -36,7 +36,7 @@ def test_conditioner_shapes():
 
 def _model(cache_dir, tmp_path, prior, *extra):
     cfg = make_cfg(cache_dir, tmp_path, prior, *extra)
-    return engine.build_model(cfg, 176, *engine.load_encoder(cfg))
+    return engine.build_model(cfg, 176, *engine.load_encoder(cfg.model.encoder, cfg.model.encoder_variant))
 
 
 def test_time_conditioning_reaches_the_timestep_embedding(cache_dir, tmp_path, tiny_prior):
@@ -73,8 +73,8 @@ def test_only_the_intended_parameters_get_gradients(cache_dir, tmp_path, tiny_pr
 def test_finetune_run_writes_checkpoints_grids_and_selects_on_validation(cache_dir, tmp_path, tiny_prior):
     cfg = make_cfg(cache_dir, tmp_path, tiny_prior, "train.epochs=4", "train.lr=3e-3", "train.select_metric=val_loss")
     data = engine.build_stage_b_data(cfg.data, 16, cfg.train.seed)
-    before = engine.evaluate_loss(engine.build_model(cfg, data.num_voxels, *engine.load_encoder(cfg)), data.train,
-                                  16, 0, 8, "cpu")["loss"]
+    model = engine.build_model(cfg, data.num_voxels, *engine.load_encoder(cfg.model.encoder, cfg.model.encoder_variant))
+    before = engine.evaluate_loss(model, data.train, 16, 0, 8, "cpu")["loss"]
     summary = engine.finetune(cfg, run_name="b")
     run = tmp_path / "b"
     for f in ("config.yaml", "train.log", "summary.json", "loss_curve.png", "test_grid.png",
@@ -111,7 +111,7 @@ def test_resume_repeats_the_uninterrupted_run(cache_dir, tmp_path, tiny_prior, m
 
 def test_stage_a_encoder_with_other_voxel_count(cache_dir, tmp_path, tiny_prior):
     cfg = make_cfg(cache_dir, tmp_path, tiny_prior, f"model.encoder={FIXTURES / 'fmri_encoder.pth'}")
-    enc_cfg, weights = engine.load_encoder(cfg)
+    enc_cfg, weights = engine.load_encoder(cfg.model.encoder, cfg.model.encoder_variant)
     assert enc_cfg.num_voxels == 208 and weights is not None
     m = engine.build_model(cfg, 176, enc_cfg, weights)  # positions interpolated 13 -> 11 patches
     assert m.conditioner.mae.pos_embed.shape[1] == 12
