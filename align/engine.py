@@ -117,7 +117,7 @@ def build_decoder(cfg: DictConfig, num_voxels: int, dim: int):
     if d.name == "mbm":
         from mindvis.finetune.engine import build_encoder, load_encoder
 
-        encoder = build_encoder(num_voxels, *load_encoder(d.encoder, d.encoder_variant))
+        encoder = build_encoder(num_voxels, *load_encoder(d.encoder, d.encoder_variant, "decoder.encoder"))
         return MBMDecoder(MBMDecoderConfig(asdict(encoder.config), dim, d.projector_hidden, d.pool, d.token_dim,
                                            {"encoder": d.encoder}), encoder)
     raise ValueError(f"{d.name} is not trained by gradient descent")
@@ -355,7 +355,7 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
     if cfg.decoder.name == "mbm" and cfg.decoder.encoder != "random":
         from mindvis.finetune.engine import load_encoder
 
-        patch = load_encoder(cfg.decoder.encoder, cfg.decoder.encoder_variant)[0].patch_size
+        patch = load_encoder(cfg.decoder.encoder, cfg.decoder.encoder_variant, "decoder.encoder")[0].patch_size
     data = build_stage_b_data(cfg.data, patch, tc.seed)
     test, trials = test_trials(data.test)
     log.info("data: %s", data.description)

@@ -1,7 +1,8 @@
 """Training in reduced precision on the synthetic world: the real commands at fp32 and bf16, side by side.
 
 Runs ``mindvis-pretrain --data synthetic`` and ``mindvis-finetune --dataset synthetic`` for a few epochs with
-``train.mixed_precision=no`` and ``=bf16`` (accelerate's autocast), one after the other in this process, and
+``train.mixed_precision=no`` and ``=bf16`` (accelerate's autocast), one after the other, each in its own process
+(accelerate's state is per process), and
 reports wall time, the last epoch's training loss and the held-out figure each command ends with (stage A: held-out
 masked-patch MSE; stage B: test diffusion loss). Paper-size steps: ``bench_pretrain.py --precision bf16`` and
 ``bench_finetune.py --precision bf16``.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,9 +22,6 @@ from timing import device_label
 
 
 def main() -> None:
-    from mindvis.finetune.cli import main as finetune_main
-    from mindvis.pretrain.cli import main as pretrain_main
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoder", required=True, help="stage-A run for stage B")
     p.add_argument("--epochs", type=int, default=20)
@@ -29,15 +29,15 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/mixed_precision_cpu.md")
     args = p.parse_args()
     rows = []
-    for stage, cli, extra in (("stage A (SC-MBM, synthetic preset)", pretrain_main, ["--data", "synthetic"]),
-                              ("stage B (DC-LDM, synthetic preset)", finetune_main,
+    for stage, cli, extra in (("stage A (SC-MBM, synthetic preset)", "mindvis.pretrain.cli", ["--data", "synthetic"]),
+                              ("stage B (DC-LDM, synthetic preset)", "mindvis.finetune.cli",
                                ["--dataset", "synthetic", "--encoder", args.encoder, "train.val_every=1000",
                                 "train.checkpoint_every=1000"])):
         for precision in ("no", "bf16"):
             name = f"{'a' if 'A' in stage else 'b'}-{precision}"
             t0 = time.perf_counter()
-            rc = cli([*extra, "--output-dir", args.runs, "--run-name", name, f"train.epochs={args.epochs}",
-                      f"train.mixed_precision={precision}"])
+            rc = subprocess.run([sys.executable, "-m", cli, *extra, "--output-dir", args.runs, "--run-name", name,
+                                 f"train.epochs={args.epochs}", f"train.mixed_precision={precision}"]).returncode
             seconds = time.perf_counter() - t0
             if rc:
                 raise SystemExit(f"{stage} {precision} failed ({rc})")

@@ -37,15 +37,15 @@ from .data import build_stage_b_data
 log = logging.getLogger("mindvis.finetune")
 
 
-def load_encoder(encoder: str, variant: str = "tiny") -> tuple[MBMConfig, dict | None]:
+def load_encoder(encoder: str, variant: str = "tiny", setting: str = "model.encoder") -> tuple[MBMConfig, dict | None]:
     """The stage-A encoder's architecture and weights (None for a random encoder).
 
     ``encoder``: a mindvis-pretrain run or model folder, an original ``fmri_encoder.pth``, or ``random`` (the
-    ``variant`` architecture, untrained).
+    ``variant`` architecture, untrained); ``setting`` names the key in error messages.
     """
     if not encoder:
-        raise FileNotFoundError("no stage-A encoder given: give the SC-MBM (--encoder RUN_DIR, a model folder or an "
-                                "original .pth), or --encoder random for an untrained encoder")
+        raise FileNotFoundError(f"{setting} is empty: give the stage-A SC-MBM (--encoder RUN_DIR, a model folder or "
+                                "an original .pth), or --encoder random for an untrained encoder")
     if encoder == "random":
         return mbm_config(variant, 16 * 16), None
     from mindvis.pretrain.engine import load_mbm
