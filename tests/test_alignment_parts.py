@@ -302,3 +302,15 @@ def test_stable_unclip_pipeline_loads_from_a_local_folder_and_takes_embeddings(t
     assert not torch.allclose(a, b)  # the images follow the embeddings
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         load_unclip(tmp_path / "tok")
+
+
+def test_mindeye_mlp_at_nsd_size_takes_a_training_step():
+    """MindEye's sizes (hidden 4096, 4 blocks, projector 2048) on 15,000 voxels and a 768-d target, on the CPU."""
+    m = MindEyeMLP(MLPConfig(15000, 768))
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    x, y = torch.randn(4, 15000), torch.randn(4, 768)
+    out = m(x)
+    loss = clip_loss(out["contrastive"], y) + mse_loss(out["regression"], y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and sum(p.numel() for p in m.parameters()) > 100e6
