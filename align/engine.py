@@ -23,7 +23,8 @@ from mindvis.contrastive import (Temperature, bimixco_loss, clip_loss, mindeye_s
                                  soft_clip_loss)
 from mindvis.data.fmri import DataError
 from mindvis.data.pairs import TRIAL_MARK, PairedSplit
-from mindvis.evaluation.retrieval import cosine_similarity, embedding_report, top_k
+from mindvis.evaluation.retrieval import (cosine_similarity, embedding_correlation, embedding_cosine,
+                                          embedding_report, top_k)
 from mindvis.finetune.data import build_stage_b_data
 from mindvis.models.brain_decoders import MBMDecoder, MBMDecoderConfig, MindEyeMLP, MLPConfig
 from mindvis.models.image_embedders import cached_embeddings, load_embedder, valid_target
@@ -81,7 +82,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- data and targets
-def test_trials(test: PairedSplit) -> tuple[PairedSplit, np.ndarray | None]:
+def split_test_trials(test: PairedSplit) -> tuple[PairedSplit, np.ndarray | None]:
     """The repetition-averaged test rows, and the single trials as (N, R, V) aligned with them (None if absent)."""
     avg_idx = [i for i, s in enumerate(test.ids) if TRIAL_MARK not in s]
     avg = test.subset(avg_idx)
@@ -100,12 +101,12 @@ def test_trials(test: PairedSplit) -> tuple[PairedSplit, np.ndarray | None]:
     return avg, np.stack([test.fmri[trials[s]] for s in avg.ids])  # (N, R, V)
 
 
-def embed_splits(cfg: DictConfig, splits: dict[str, PairedSplit]) -> dict[str, np.ndarray]:
-    """Target embeddings of every split's images (cached by space and image digest)."""
+def embed_images(cfg: DictConfig, images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Target embeddings of each named image set (cached by space and image digest)."""
     world = OmegaConf.to_object(cfg.data.synthetic) if cfg.data.dataset == "synthetic" else None
     embedder = load_embedder(cfg.target, world, cfg.data.cache_dir or None)
     key = str(world.image_settings()) if world else ""
-    return {name: cached_embeddings(embedder, s.images, cfg.data.cache_dir or None, key) for name, s in splits.items()}
+    return {name: cached_embeddings(embedder, imgs, cfg.data.cache_dir or None, key) for name, imgs in images.items()}
 
 
 # ----------------------------------------------------------------------------- decoders
@@ -171,8 +172,6 @@ def _val_entry(model, fmri: np.ndarray, y: np.ndarray, cfg: DictConfig, temperat
         temp = temperature() if callable(temperature) else temperature
         loss = (cfg.loss.contrastive_weight * clip_loss(pred_c, t, temp) +
                 (1 - cfg.loss.contrastive_weight) * mse_loss(pred_r, t))
-    from mindvis.evaluation.retrieval import embedding_correlation
-
     return {"val_loss": float(loss), "val_top1": top_k(sim, 1), "val_top5": top_k(sim, 5),
             "val_correlation": embedding_correlation(pred_r, t)}
 
@@ -357,13 +356,13 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
 
         patch = load_encoder(cfg.decoder.encoder, cfg.decoder.encoder_variant, "decoder.encoder")[0].patch_size
     data = build_stage_b_data(cfg.data, patch, tc.seed)
-    test, trials = test_trials(data.test)
+    test, trials = split_test_trials(data.test)
     log.info("data: %s", data.description)
     if main:
         save_config(cfg, run_dir / "config.yaml")
     gallery = gallery_images(cfg, data.train)
-    emb = embed_splits(cfg, {"train": data.train, "val": data.val, "test": test, "gallery": PairedSplit(
-        np.zeros((len(gallery), 1), np.float32), gallery, np.full(len(gallery), -1), [""] * len(gallery))})
+    emb = embed_images(cfg, {"train": data.train.images, "val": data.val.images, "test": test.images,
+                             "gallery": gallery})
     dim = emb["train"].shape[1]
     log.info("target %s: %d dims; %d train / %d val / %d test images", cfg.target, dim, len(emb["train"]),
              len(emb["val"]), len(emb["test"]))
@@ -374,8 +373,8 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
         model = RidgeDecoder.fit(data.train.fmri, emb["train"],
                                  RidgeConfig(data.num_voxels, dim, list(d.alphas), d.folds, d.per_target))
         alphas = np.unique(model.alpha.numpy())
-        selection = (f"ridge penalty by {d.folds}-fold cross-validation on the training split: "
-                     f"{alphas[0]:.4g}" if len(alphas) == 1 else f"{len(alphas)} distinct per-target penalties")
+        chosen = f"{alphas[0]:.4g}" if len(alphas) == 1 else f"{len(alphas)} distinct per-target values"
+        selection = f"ridge penalty by {d.folds}-fold cross-validation on the training split: {chosen}"
         if main:
             model.save_pretrained(run_dir / "model")
     else:
@@ -394,14 +393,14 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
                 continue
             dec = decode(model, s.fmri)
             scores[split] = dec
-            rep = embedding_report(torch.from_numpy(dec["contrastive"]), torch.from_numpy(emb[split]),
-                                   ev.mindeye_subset, ev.mindeye_draws, tc.seed)
-            if dec["regression"] is not dec["contrastive"]:
-                from mindvis.evaluation.retrieval import embedding_correlation, embedding_cosine
-
-                reg, tgt = torch.from_numpy(dec["regression"]), torch.from_numpy(emb[split])
-                rep["embedding_correlation"]["value"] = embedding_correlation(reg, tgt)
-                rep["embedding_cosine"]["value"] = embedding_cosine(reg, tgt)
+            tgt = torch.from_numpy(emb[split])
+            rep = embedding_report(torch.from_numpy(dec["contrastive"]), tgt, ev.mindeye_subset, ev.mindeye_draws,
+                                   tc.seed)
+            # retrieval uses the contrastive head; correlation and cosine measure the regression head, the
+            # embedding a generator receives (for ridge the two are the same)
+            reg = torch.from_numpy(dec["regression"])
+            rep["embedding_correlation"]["value"] = embedding_correlation(reg, tgt)
+            rep["embedding_cosine"]["value"] = embedding_cosine(reg, tgt)
             report[split] = rep
             report[f"{split}_items"] = len(s)
         curve = []

@@ -39,10 +39,10 @@ def test_align_runs_end_to_end_and_reloads(decoder, tmp_path, cache_dir, tiny_wo
     from mindvis.finetune.data import build_stage_b_data
     from mindvis.config import build_config
     from mindvis.align.config import AlignConfig
-    from mindvis.align.engine import test_trials
+    from mindvis.align.engine import split_test_trials
 
     cfg = build_config(AlignConfig, run_dir / "config.yaml")
-    avg, trials = test_trials(build_stage_b_data(cfg.data, 16, cfg.train.seed).test)
+    avg, trials = split_test_trials(build_stage_b_data(cfg.data, 16, cfg.train.seed).test)
     assert trials.shape[:2] == (4, 2)
     assert np.allclose(decode(model, avg.fmri)["contrastive"], saved["contrastive"], atol=1e-5)
     if decoder != "ridge":

@@ -97,7 +97,7 @@ def align_split(run: Path, split: str, patch_size: int):
     from omegaconf import OmegaConf
 
     from ..align.config import AlignConfig
-    from ..align.engine import test_trials
+    from ..align.engine import split_test_trials
     from ..config import build_config
     from ..data.pairs import single_trials
     from ..finetune.data import build_stage_b_data
@@ -108,7 +108,7 @@ def align_split(run: Path, split: str, patch_size: int):
     cfg = build_config(AlignConfig, cfg_path)
     data = build_stage_b_data(cfg.data, patch_size, cfg.train.seed)
     world = OmegaConf.to_container(cfg.data.synthetic) if cfg.data.dataset == "synthetic" else None
-    chosen = {"test": lambda: test_trials(data.test)[0], "test-trials": lambda: single_trials(data.test),
+    chosen = {"test": lambda: split_test_trials(data.test)[0], "test-trials": lambda: single_trials(data.test),
               "val": lambda: data.val, "train": lambda: data.train}[split]()
     return chosen, world
 
