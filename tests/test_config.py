@@ -71,3 +71,9 @@ def test_yaml_boolean_words_stay_words_in_overrides():
                                                   "train.train_encoder=off"])
     assert cfg.train.mixed_precision == "no"  # YAML would read `no` as False, which became the string "False"
     assert cfg.data.include_test_trials is True and cfg.train.train_encoder is False
+
+
+def test_overrides_are_accepted_anywhere_on_the_line(capsys, tmp_path):
+    assert main(["train.epochs=1", "--data", "synthetic", f"data.cache_dir={tmp_path}", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["epochs"] == 1 and printed["data"]["cache_dir"] == str(tmp_path)
