@@ -96,7 +96,7 @@ def test_hcp_loader_errors(tmp_path):
         hcp_subjects(tmp_path)
     npz = tmp_path / "100206" / "HCP_visual_voxel.npz"
     np.savez(npz, V1=np.zeros((10, 4)), V2=np.zeros((10, 4)), V3=np.zeros((10, 4)))
-    with pytest.raises(DataError, match=r"missing ROI key\(s\) \['V4'\]"):
+    with pytest.raises(DataError, match=r"missing key\(s\) \['V4'\]"):
         load_hcp_rois(npz)
     v = np.ones((10, 4))
     v[3, 1] = np.inf

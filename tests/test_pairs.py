@@ -150,3 +150,30 @@ def test_paired_dataset_augmentation():
     assert torch.equal(test[1]["image"], test[1]["image"])  # no randomness at test time
     full = torch.from_numpy(split.images[1]).permute(2, 0, 1).float() / 127.5 - 1
     assert not torch.allclose(train.image_tensor(1, True), test.image_tensor(1, False)) or full.shape[1] == 32
+
+
+def _god_copy(tiny_world, tmp_path):
+    god = tmp_path / "GOD"
+    god.mkdir()
+    for f in (tiny_world / "GOD").iterdir():
+        (god / f.name).write_bytes(f.read_bytes())
+    return god
+
+
+@pytest.mark.parametrize("name", ["sbj_1.npz", "images_256.npz"])
+def test_a_text_file_where_an_npz_belongs_is_a_one_line_error(name, tiny_world, tmp_path):
+    god = _god_copy(tiny_world, tmp_path)
+    (god / name).write_text("this is not an npz archive\n")
+    with pytest.raises(DataError, match=rf"{name}: not a readable \.npz file"):
+        god_pairs(god, ["sbj_1"])
+
+
+def test_negative_image_indices_are_refused(tiny_world, tmp_path):
+    god = _god_copy(tiny_world, tmp_path)
+    with np.load(god / "sbj_1.npz") as z:
+        arrays = dict(z)
+    arrays["arr_3"] = arrays["arr_3"].copy()
+    arrays["arr_3"][0] = -1  # would silently pair the trial with the last image
+    np.savez(god / "sbj_1.npz", **arrays)
+    with pytest.raises(DataError, match="arr_3 holds negative image indices"):
+        god_pairs(god, ["sbj_1"])

@@ -11,6 +11,25 @@ class DataError(ValueError):
     """Input data is missing or malformed; the message names the file, key and what was expected."""
 
 
+def read_npz(path, keys) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an .npz file (never unpickled), or a :class:`DataError` naming the file: a text,
+    truncated or object-array file is refused in one line, and missing keys are listed with the ones present."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not hasattr(npz, "files"):
+                raise DataError(f"{path}: expected an .npz archive, found a single .npy array")
+            missing = [k for k in keys if k not in npz.files]
+            if missing:
+                raise DataError(f"{path}: missing key(s) {missing}; the file has {sorted(npz.files)}")
+            return {k: np.asarray(npz[k]) for k in keys}
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+
+
 def padded_length(num_voxels: int, patch_size: int, pad_mode: str = "exact") -> int:
     """Voxel count after padding to a multiple of ``patch_size``.
 

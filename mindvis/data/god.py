@@ -7,13 +7,12 @@ boolean ROI masks over the voxel columns (``V1`` ... ``VC``).
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .fmri import DataError, check_finite, normalize, pad_to_patch_size
+from .fmri import DataError, check_finite, normalize, pad_to_patch_size, read_npz
 
 GOD_SUBJECTS = ("sbj_1", "sbj_2", "sbj_3", "sbj_4", "sbj_5")
 
@@ -36,22 +35,18 @@ def load_god_subject(root: str | os.PathLike, subject: str, roi: str = "VC") -> 
     if not path.is_file():
         have = sorted(p.stem for p in Path(root).glob("sbj_*.npz"))
         raise DataError(f"GOD subject file not found: {path} (subjects present: {have})")
-    try:
-        with np.load(path) as npz:
-            need = ["arr_0", "arr_1", "arr_2", "arr_3", roi]
-            missing = [k for k in need if k not in npz.files]
-            if missing:
-                raise DataError(f"{path}: missing key(s) {missing}; the file has {sorted(npz.files)}")
-            mask = np.asarray(npz[roi])
-            arrays = {k: np.asarray(npz[k]) for k in need[:4]}
-    except (zipfile.BadZipFile, OSError) as e:
-        raise DataError(f"{path}: not a readable npz file ({e})") from e
+    need = ["arr_0", "arr_1", "arr_2", "arr_3"]
+    arrays = read_npz(path, need + [roi])
+    mask = arrays.pop(roi)
     if mask.dtype != bool or mask.ndim != 1:
         raise DataError(f"{path}: ROI {roi!r} must be a 1-D boolean mask, got {mask.dtype} {mask.shape}")
     for k in ("arr_0", "arr_1", "arr_2"):
         a = arrays[k]
         if a.ndim != 2 or a.shape[1] != mask.shape[0]:
             raise DataError(f"{path}: {k} has shape {a.shape}, expected (trials, {mask.shape[0]}) to match the ROI masks")
+    if arrays["arr_3"].min(initial=0) < 0:
+        raise DataError(f"{path}: arr_3 holds negative image indices (smallest {arrays['arr_3'].min()}); each must "
+                        "index the training images from 0")
     if len(arrays["arr_3"]) != len(arrays["arr_0"]):
         raise DataError(f"{path}: arr_3 has {len(arrays['arr_3'])} image indices for {len(arrays['arr_0'])} train trials")
     if not mask.any():

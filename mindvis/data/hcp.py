@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..utils.io import atomic_write
-from .fmri import DataError, average_windows, check_finite, normalize
+from .fmri import DataError, average_windows, check_finite, normalize, read_npz
 
 HCP_FILE = "HCP_visual_voxel.npz"
 HCP_ROIS = ("V1", "V2", "V3", "V4")
@@ -54,16 +53,8 @@ def load_hcp_rois(path: str | os.PathLike, roi: str = "VC") -> np.ndarray:
     if all(p.is_file() for p in npys):
         parts = [np.load(p, mmap_mode="r") for p in npys]
     else:
-        try:
-            with np.load(path) as npz:
-                missing = [k for k in names if k not in npz.files]
-                if missing:
-                    raise DataError(f"{path}: missing ROI key(s) {missing}; the file has {sorted(npz.files)}")
-                parts = [np.asarray(npz[k], dtype=np.float32) for k in names]
-        except (zipfile.BadZipFile, ValueError, OSError) as e:
-            if isinstance(e, DataError):
-                raise
-            raise DataError(f"{path}: not a readable npz file ({e})") from e
+        arrays = read_npz(path, names)
+        parts = [arrays[k].astype(np.float32) for k in names]
     for k, p in zip(names, parts):
         if p.ndim != 2:
             raise DataError(f"{path}: ROI {k} has shape {p.shape}, expected (frames, voxels)")

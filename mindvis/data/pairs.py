@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .bdata import read_bdata
-from .fmri import DataError, RandomVoxelZeroing, check_finite, fit_length, normalize, pad_to_patch_size
+from .fmri import (DataError, RandomVoxelZeroing, check_finite, fit_length, normalize, pad_to_patch_size,
+                   read_npz)
 from .god import load_god_subject
 
 BOLD5000_ROIS = ("EarlyVis", "LOC", "OPA", "PPA", "RSC")
@@ -91,11 +92,8 @@ def god_pairs(root: str | os.PathLike, subjects=("sbj_3",), roi: str = "VC", pat
     img_path = root / "images_256.npz"
     if not img_path.is_file():
         raise DataError(f"GOD images not found: {img_path}")
-    with np.load(img_path) as z:
-        missing = [k for k in ("train_images", "test_images") if k not in z.files]
-        if missing:
-            raise DataError(f"{img_path}: missing key(s) {missing}; the file has {sorted(z.files)}")
-        train_images, test_images = z["train_images"], z["test_images"]
+    images = read_npz(img_path, ("train_images", "test_images"))
+    train_images, test_images = images["train_images"], images["test_images"]
     train_ids, test_ids, syn = read_god_labels(root)
     if len(train_ids) != len(train_images) or len(test_ids) != len(test_images):
         raise DataError(f"{root}: {len(train_images)} train / {len(test_images)} test images but "
