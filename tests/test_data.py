@@ -104,7 +104,7 @@ def test_hcp_loader_errors(tmp_path):
     with pytest.raises(DataError, match="non-finite"):
         load_hcp_rois(npz)
     npz.write_text("not a zip")
-    with pytest.raises(DataError, match="not a readable npz"):
+    with pytest.raises(DataError, match=r"not a readable \.npz file"):
         load_hcp_rois(npz)
 
 
