@@ -69,8 +69,15 @@ def load_original_checkpoint(path: str | os.PathLike) -> dict:
         with torch.serialization.safe_globals(allowed):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise OriginalCheckpointError(
-            f"{path}: not loadable as a MinD-Vis checkpoint with the restricted unpickler ({e})") from e
+        text = str(e)
+        refused = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", text)
+        if refused:  # never pass on torch's advice to retry with weights_only=False: this file tried to run code
+            raise OriginalCheckpointError(
+                f"{path}: refused by the restricted unpickler: it holds a pickled {refused.group(1)}, which mindvis "
+                "does not load (a MinD-Vis checkpoint holds only tensors, numbers and its config classes)") from None
+        detail = next((line for line in text.splitlines() if line.strip() and "weights_only" not in line), "")
+        raise OriginalCheckpointError(f"{path}: not loadable as a MinD-Vis checkpoint with the restricted unpickler "
+                                      f"({type(e).__name__}{': ' + detail if detail else ''})") from None
     if not isinstance(ckpt, dict):
         raise OriginalCheckpointError(f"{path}: expected a dict at the top level, got {type(ckpt).__name__}")
     if isinstance(ckpt.get("config"), OriginalConfig):
