@@ -378,6 +378,7 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
         if main:
             model.save_pretrained(run_dir / "model")
     else:
+        torch.manual_seed(tc.seed)  # the initialisation does not depend on what ran before (e.g. a cached target)
         model = build_decoder(cfg, data.num_voxels, dim)
         log.info("decoder %s: %.2fM parameters", cfg.decoder.name, sum(p.numel() for p in model.parameters()) / 1e6)
         model, history, best = train_decoder(cfg, model, data.train.fmri, emb["train"], data.val.fmri, emb["val"],

@@ -91,6 +91,16 @@ def write_checkpoint(run_dir: Path, epoch: int, fill: Callable[[Path], None], ke
     return ckpts / name
 
 
+def remove_stale_temporaries(run_dir: Path) -> int:
+    """Delete what killed atomic writes left in a run folder (``.NAME.*.tmp`` and ``.NAME.old`` siblings of
+    checkpoints, ``best/`` and ``model/``); returns how many were removed."""
+    stale = [p for folder in (run_dir, run_dir / CHECKPOINTS) if folder.is_dir()
+             for p in folder.glob(".*") if p.name.endswith((".tmp", ".old"))]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def save_training_state(path: Path, optimizer, epoch: int, history: list[dict], **extra) -> None:
     torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "history": json.dumps(history), **extra}, path)
 
@@ -134,7 +144,11 @@ def start_run(train_cfg, output_dir: str, resume: str | Path | None, run_name: s
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    setup_logging(logger, run_dir, main)
+    log = setup_logging(logger, run_dir, main)
+    if main:
+        removed = remove_stale_temporaries(run_dir)
+        if removed:
+            log.info("removed %d unfinished temporary file(s) of an interrupted write in %s", removed, run_dir)
     set_seed(tc.seed)
     return accelerator, run_dir, main
 

@@ -185,3 +185,18 @@ def test_generation_from_decoded_embeddings_is_scored(tmp_path, cache_dir, embed
     assert sample_main(["--model", str(run_dir), "--generator", str(other), "--steps", "2",
                         "--out", str(tmp_path / "bad")]) == 2
     assert "takes 7" in capsys.readouterr().err
+
+
+def test_resume_removes_what_a_killed_checkpoint_write_left(tmp_path, cache_dir, tiny_world):
+    rc, run_dir = run(tmp_path, cache_dir, "stale", "--decoder", "mlp")
+    assert rc == 0
+    leftovers = [run_dir / "checkpoints" / ".epoch-0006.k3j2.tmp", run_dir / ".best.x1y2.tmp",
+                 run_dir / "checkpoints" / ".latest.q9.tmp"]
+    leftovers[0].mkdir()
+    (leftovers[0] / "model.safetensors").write_bytes(b"half")
+    leftovers[1].mkdir()
+    leftovers[2].write_text("epoch-0006\n")
+    assert main(["--resume", str(run_dir)]) == 0
+    assert not any(p.exists() for p in leftovers)
+    assert (run_dir / "checkpoints" / "epoch-0004").is_dir()  # finished checkpoints stay
+    assert "removed 3 unfinished temporary file(s)" in (run_dir / "train.log").read_text()
