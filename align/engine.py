@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from mindvis.config import ConfigError, save_config, to_plain
+from mindvis.config import MIXED_PRECISIONS, TRACKERS, check_settings, save_config, to_plain
 from mindvis.contrastive import (Temperature, bimixco_loss, clip_loss, mindeye_schedule, mixco, mse_loss,
                                  soft_clip_loss)
 from mindvis.data.fmri import DataError
@@ -71,14 +71,13 @@ def validate(cfg: DictConfig) -> None:
          "keep_checkpoints", (t.val_every, t.checkpoint_every, t.keep_checkpoints), "> 0"),
         (t.select_metric in ("val_top1", "val_top5", "val_correlation", "val_loss"), "train.select_metric",
          t.select_metric, "val_top1, val_top5, val_correlation or val_loss"),
-        (t.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision", t.mixed_precision, "no, fp16 or bf16"),
+        (t.mixed_precision in MIXED_PRECISIONS, "train.mixed_precision", t.mixed_precision, f"one of {MIXED_PRECISIONS}"),
+        (t.tracker in TRACKERS, "train.tracker", t.tracker, f"one of {TRACKERS}"),
         (cfg.eval.mindeye_subset >= 2 and cfg.eval.mindeye_draws >= 1 and cfg.eval.show >= 0,
          "eval.mindeye_subset/mindeye_draws/show", (cfg.eval.mindeye_subset, cfg.eval.mindeye_draws, cfg.eval.show),
          "subset >= 2, draws >= 1, show >= 0"),
     ]
-    for ok, key, value, allowed in checks:
-        if not ok:
-            raise ConfigError(f"{key}={value!r} is not allowed: must be {allowed}")
+    check_settings(checks)
 
 
 # ----------------------------------------------------------------------------- data and targets

@@ -98,3 +98,44 @@ class PriorConfig:
     target: str = "synthetic"  # condition=embedding: the embedding space (mindvis.models.image_embedders)
     cache_dir: str = ""
     synthetic: SyntheticWorldConfig = field(default_factory=SyntheticWorldConfig)
+
+
+def validate(cfg) -> None:
+    """Every setting checked before a run starts (see :func:`mindvis.config.check_settings`)."""
+    from mindvis.config import MIXED_PRECISIONS, TRACKERS, check_settings
+    from mindvis.data.fmri import PAD_MODES
+    from mindvis.models.sc_mbm import MBM_VARIANTS
+    from mindvis.pipelines.mindvis_pipeline import SCHEDULERS
+
+    m, d, t = cfg.model, cfg.data, cfg.train
+    check_settings([
+        (m.encoder_variant in MBM_VARIANTS, "model.encoder_variant", m.encoder_variant, f"one of {sorted(MBM_VARIANTS)}"),
+        (d.dataset in DATASETS, "data.dataset", d.dataset, f"one of {DATASETS}"),
+        (d.god_layout in ("mindvis", "bdata"), "data.god_layout", d.god_layout, "mindvis or bdata"),
+        (d.pad_mode in PAD_MODES, "data.pad_mode", d.pad_mode, f"one of {PAD_MODES}"),
+        (0 <= d.zero_voxels < 1, "data.zero_voxels", d.zero_voxels, "in [0, 1)"),
+        (0 <= d.crop_ratio < 1, "data.crop_ratio", d.crop_ratio, "in [0, 1)"),
+        (0 <= d.crop_p <= 1, "data.crop_p", d.crop_p, "in [0, 1]"),
+        (0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "in [0, 1)"),
+        (d.image_size >= 0, "data.image_size", d.image_size, ">= 0 (0: the prior's)"),
+        (d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0"),
+        (t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1"),
+        (t.epochs >= 1, "train.epochs", t.epochs, ">= 1"),
+        (t.lr > 0, "train.lr", t.lr, "> 0"),
+        (t.encoder_lr >= 0, "train.encoder_lr", t.encoder_lr, ">= 0 (0: train.lr)"),
+        (t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0"),
+        (t.clip_grad >= 0, "train.clip_grad", t.clip_grad, ">= 0 (0: no clipping)"),
+        (t.accum_iter >= 1, "train.accum_iter", t.accum_iter, ">= 1"),
+        (t.mixed_precision in MIXED_PRECISIONS, "train.mixed_precision", t.mixed_precision, f"one of {MIXED_PRECISIONS}"),
+        (t.unet in ("cross_attention", "all", "none"), "train.unet", t.unet, "cross_attention, all or none"),
+        (t.val_every >= 1 and t.checkpoint_every >= 1 and t.keep_checkpoints >= 1,
+         "train.val_every/checkpoint_every/keep_checkpoints", (t.val_every, t.checkpoint_every, t.keep_checkpoints),
+         ">= 1"),
+        (t.select_metric.startswith("val_loss") or t.select_metric == "val_pcc_identification", "train.select_metric",
+         t.select_metric, "val_loss, val_loss_<dataset> or val_pcc_identification"),
+        (t.grid_samples >= 0 and t.num_samples >= 1 and t.sample_steps >= 1,
+         "train.grid_samples/num_samples/sample_steps", (t.grid_samples, t.num_samples, t.sample_steps),
+         "grid_samples >= 0, num_samples >= 1, sample_steps >= 1"),
+        (t.sampler in SCHEDULERS, "train.sampler", t.sampler, f"one of {SCHEDULERS}"),
+        (t.tracker in TRACKERS, "train.tracker", t.tracker, f"one of {TRACKERS}"),
+    ])

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mindvis.config import ConfigError, save_config, to_plain
+from mindvis.config import save_config, to_plain
 from mindvis.data.fmri import DataError
 from mindvis.data.pairs import PairedDataset, PairedSplit
 from mindvis.evaluation.metrics import identification, pairwise_pcc
@@ -32,6 +32,7 @@ from mindvis.training import (STATE_NAME, EpochShuffleSampler, check_finite_loss
 from mindvis.utils.io import atomic_dir, atomic_write_json
 from mindvis.utils.plots import plot_loss_curves, save_image_grid
 
+from .config import validate
 from .data import build_stage_b_data
 
 log = logging.getLogger("mindvis.finetune")
@@ -137,10 +138,8 @@ def sample_grid(path: Path, model: DCLDM, split: PairedSplit, image_size: int, c
 def finetune(cfg: DictConfig, resume: str | Path | None = None, run_name: str | None = None) -> dict:
     """Fine-tune as ``cfg`` says; returns the summary (validation-selected model, test metrics)."""
     t0 = time.time()
+    validate(cfg)
     tc = cfg.train
-    if not (tc.select_metric.startswith("val_loss") or tc.select_metric == "val_pcc_identification"):
-        raise ConfigError(f"train.select_metric must be val_loss, val_loss_<dataset> or val_pcc_identification, "
-                          f"got {tc.select_metric!r}")
     accelerator, run_dir, main = start_run(tc, cfg.output_dir, resume, run_name, "mindvis.finetune")
 
     enc_cfg, enc_weights = load_encoder(cfg.model.encoder, cfg.model.encoder_variant)

@@ -26,6 +26,18 @@ def _quote_boolean_words(override: str) -> str:
     return f"{key}='{value}'" if value.lower() in _YAML_BOOLEAN_WORDS else override
 
 
+def check_settings(rules) -> None:
+    """Settings validated up front: ``rules`` are (ok, key, value, allowed); the first failing one is a ConfigError
+    naming the key, the value and what is allowed."""
+    for ok, key, value, allowed in rules:
+        if not ok:
+            raise ConfigError(f"{key}={value!r} is not allowed: must be {allowed}")
+
+
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+TRACKERS = ("none", "tensorboard", "wandb")
+
+
 def _merge(base: DictConfig, other, what: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)

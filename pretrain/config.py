@@ -75,3 +75,44 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str = "runs/pretrain"
     init: str = ""  # stage A2: an SC-MBM checkpoint (mindvis run/checkpoint folder or original .pth)
+
+
+def validate(cfg) -> None:
+    """Every setting checked before a run starts (see :func:`mindvis.config.check_settings`)."""
+    from mindvis.config import MIXED_PRECISIONS, TRACKERS, check_settings
+    from mindvis.data.fmri import PAD_MODES
+
+    m, d, t = cfg.model, cfg.data, cfg.train
+    check_settings([
+        (d.source in DATA_SOURCES, "data.source", d.source, f"one of {DATA_SOURCES}"),
+        (m.patch_size > 0, "model.patch_size", m.patch_size, "> 0"),
+        (m.depth > 0 and m.decoder_depth > 0, "model.depth/decoder_depth", (m.depth, m.decoder_depth), "> 0"),
+        (m.num_heads > 0 and m.embed_dim % m.num_heads == 0, "model.num_heads", m.num_heads,
+         f"a divisor of model.embed_dim={m.embed_dim}"),
+        (m.decoder_num_heads > 0 and m.decoder_embed_dim % m.decoder_num_heads == 0, "model.decoder_num_heads",
+         m.decoder_num_heads, f"a divisor of model.decoder_embed_dim={m.decoder_embed_dim}"),
+        (m.mlp_ratio > 0, "model.mlp_ratio", m.mlp_ratio, "> 0"),
+        (0 <= m.mask_ratio < 1, "model.mask_ratio", m.mask_ratio, "in [0, 1)"),
+        (d.window_frames >= 1, "data.window_frames", d.window_frames, ">= 1"),
+        (d.pad_mode in PAD_MODES, "data.pad_mode", d.pad_mode, f"one of {PAD_MODES}"),
+        (d.aug_times >= 1, "data.aug_times", d.aug_times, ">= 1"),
+        (0 <= d.zero_voxels < 1, "data.zero_voxels", d.zero_voxels, "in [0, 1)"),
+        (d.holdout_subjects >= 0, "data.holdout_subjects", d.holdout_subjects, ">= 0"),
+        (0 <= d.holdout_fraction < 1, "data.holdout_fraction", d.holdout_fraction, "in [0, 1)"),
+        (d.max_subjects is None or d.max_subjects >= 1, "data.max_subjects", d.max_subjects, "empty or >= 1"),
+        (d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0"),
+        (t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1"),
+        (t.epochs >= 1, "train.epochs", t.epochs, ">= 1"),
+        (t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, ">= 0"),
+        (t.lr > 0, "train.lr", t.lr, "> 0"),
+        (0 <= t.min_lr <= t.lr, "train.min_lr", t.min_lr, f"in [0, train.lr={t.lr}]"),
+        (t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0"),
+        (len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", list(t.betas), "two numbers in [0, 1)"),
+        (t.clip_grad >= 0, "train.clip_grad", t.clip_grad, ">= 0 (0: no clipping)"),
+        (t.accum_iter >= 1, "train.accum_iter", t.accum_iter, ">= 1"),
+        (t.mixed_precision in MIXED_PRECISIONS, "train.mixed_precision", t.mixed_precision, f"one of {MIXED_PRECISIONS}"),
+        (t.checkpoint_every >= 1 and t.keep_checkpoints >= 1, "train.checkpoint_every/keep_checkpoints",
+         (t.checkpoint_every, t.keep_checkpoints), ">= 1"),
+        (t.plot_samples >= 0, "train.plot_samples", t.plot_samples, ">= 0"),
+        (t.tracker in TRACKERS, "train.tracker", t.tracker, f"one of {TRACKERS}"),
+    ])

@@ -25,6 +25,7 @@ from mindvis.training import (CHECKPOINTS, STATE_NAME, EpochShuffleSampler, NonF
 from mindvis.utils.io import atomic_write_json, atomic_write_text
 from mindvis.utils.plots import plot_fmri_reconstructions, plot_loss_curves
 
+from .config import validate
 from .data import build_stage_a_data
 from .evaluate import evaluate_masked_modeling, masked_scores, summary_table, voxel_means
 
@@ -58,6 +59,7 @@ def _make_model(cfg: DictConfig, num_voxels: int, init: MaskedBrainModel | None)
 def pretrain(cfg: DictConfig, resume: str | Path | None = None, run_name: str | None = None) -> dict:
     """Train an SC-MBM as ``cfg`` says; returns the held-out summary. ``resume``: a run folder."""
     t0 = time.time()
+    validate(cfg)
     tc = cfg.train
     accelerator, run_dir, main = start_run(tc, cfg.output_dir, resume, run_name, "mindvis.pretrain")
 

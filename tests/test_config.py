@@ -77,3 +77,31 @@ def test_overrides_are_accepted_anywhere_on_the_line(capsys, tmp_path):
     assert main(["train.epochs=1", "--data", "synthetic", f"data.cache_dir={tmp_path}", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["train"]["epochs"] == 1 and printed["data"]["cache_dir"] == str(tmp_path)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.epochs=0", "train.epochs"), ("model.mask_ratio=1.0", "model.mask_ratio"),
+    ("train.batch_size=0", "train.batch_size"), ("train.lr=-1e-4", "train.lr"), ("model.patch_size=0", "model.patch_size"),
+    ("model.num_heads=5", "model.num_heads"), ("train.mixed_precision=fp8", "train.mixed_precision"),
+    ("data.zero_voxels=1.5", "data.zero_voxels"),
+])
+def test_pretrain_settings_are_validated_before_anything_runs(override, key, tmp_path, capsys):
+    rc = main(["--data", "synthetic", f"data.cache_dir={tmp_path}", "--output-dir", str(tmp_path / "runs"), override])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{key}=" in err and "is not allowed" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # no empty run folder for a run that never started
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.epochs=-1", "train.epochs"), ("data.zero_voxels=2", "data.zero_voxels"),
+    ("train.sampler=euler", "train.sampler"), ("train.unet=half", "train.unet"),
+    ("train.select_metric=val_fid", "train.select_metric"),
+])
+def test_finetune_settings_are_validated_before_anything_runs(override, key, tmp_path, capsys):
+    from mindvis.finetune.cli import main as finetune_main
+
+    rc = finetune_main(["--dataset", "synthetic", "--encoder", "random", "--output-dir", str(tmp_path / "runs"),
+                        override])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{key}=" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
