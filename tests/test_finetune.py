@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from mindvis.config import build_config
+from mindvis.config import ConfigError, build_config
 from mindvis.configs import preset_path
 from mindvis.data.fmri import DataError
 from mindvis.finetune import engine
@@ -127,7 +127,7 @@ def test_selection_on_validation_identification(cache_dir, tmp_path, tiny_prior)
     summary = engine.finetune(cfg, run_name="pcc")
     assert summary["select_metric"] == "val_pcc_identification" and 0 <= summary["selected_value"] <= 1
     cfg = make_cfg(cache_dir, tmp_path, tiny_prior, "train.select_metric=test_loss")
-    with pytest.raises(Exception, match="select_metric must be"):
+    with pytest.raises(ConfigError, match="train.select_metric='test_loss' is not allowed"):
         engine.finetune(cfg, run_name="bad")
 
 
