@@ -34,6 +34,7 @@ def synth_main(argv=None) -> int:
 def convert_main(argv=None) -> int:
     """Convert SC-MBM checkpoints between the original MinD-Vis .pth format and mindvis model folders."""
     from .compat.original import OriginalCheckpointError, export_original_mbm, load_original_mbm
+    from .data.fmri import DataError
     from .models.sc_mbm import MaskedBrainModel
 
     p = argparse.ArgumentParser(prog="mindvis-convert", description=convert_main.__doc__)
@@ -53,7 +54,7 @@ def convert_main(argv=None) -> int:
             src = Path(args.src)
             model = MaskedBrainModel.from_pretrained(src / "model" if (src / "model").is_dir() else src)
             export_original_mbm(model, args.dst)
-    except (FileNotFoundError, OriginalCheckpointError) as e:
+    except (FileNotFoundError, OriginalCheckpointError, DataError) as e:
         print(f"mindvis-convert: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.dst}")

@@ -165,3 +165,27 @@ def test_linear_probe_reads_out_informative_features_and_not_noise():
     assert abs(bad["test_identification"] - 0.5) < 0.1
     with pytest.raises(ValueError, match="val: 40 feature rows but 39 targets"):
         probe_identification(informative, {**images, "val": images["val"][:39]})
+
+
+@pytest.mark.parametrize("part", ["conditioner/model.safetensors", "unet/diffusion_pytorch_model.safetensors"])
+def test_truncated_weights_in_a_model_folder_are_named(part, finetuned, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(finetuned / "best", model)
+    data = (model / part).read_bytes()
+    (model / part).write_bytes(data[: len(data) // 2])
+    assert sample_main(["--model", str(model), "--steps", "2", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(model / part.split("/")[0]) in err and "Traceback" not in err and "\n" == err[-1] and err.count("\n") == 1
+
+
+def test_convert_names_a_truncated_safetensors_file(tmp_path, capsys):
+    from mindvis.commands import convert_main
+    from mindvis.models.sc_mbm import MaskedBrainModel, mbm_config
+
+    MaskedBrainModel(mbm_config("tiny", 64, embed_dim=32, depth=1, num_heads=2)).save_pretrained(tmp_path / "m")
+    w = tmp_path / "m" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    assert convert_main(["to-original", str(tmp_path / "m"), str(tmp_path / "o.pth")]) == 2
+    assert f"{w}: corrupt or truncated safetensors file" in capsys.readouterr().err

@@ -130,9 +130,23 @@ class DCLDM(nn.Module):
         missing = [p for p in (INDEX_NAME, "unet", "vae", "conditioner", "scheduler") if not (folder / p).exists()]
         if missing:
             raise FileNotFoundError(f"{folder} is not a saved DC-LDM: missing {missing}")
-        index = json.loads((folder / INDEX_NAME).read_text())
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-        vae = vae_classes()[index["vae"]].from_pretrained(folder / "vae")
+        from ..data.fmri import DataError
+        from .persistence import read_json
+
+        index = read_json(folder / INDEX_NAME)
+        if index.get("vae") not in vae_classes():
+            raise DataError(f"{folder / INDEX_NAME}: unknown autoencoder class {index.get('vae')!r}; expected one of "
+                            f"{sorted(vae_classes())}")
+
+        def component(cls, name):
+            try:
+                return cls.from_pretrained(folder / name)
+            except Exception as e:  # noqa: BLE001 - diffusers and safetensors raise many error types
+                raise DataError(f"{folder / name}: corrupt or unreadable component ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+        unet = component(UNet2DConditionModel, "unet")
+        vae = component(vae_classes()[index["vae"]], "vae")
         conditioner = FMRIConditioner.from_pretrained(folder / "conditioner")
-        sched = dict(DDPMScheduler.from_pretrained(folder / "scheduler").config)
+        sched = dict(component(DDPMScheduler, "scheduler").config)
         return cls(unet, vae, conditioner, sched)

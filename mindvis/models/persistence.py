@@ -10,6 +10,32 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+def read_safetensors(path) -> dict:
+    """The tensors of a ``.safetensors`` file, or a DataError naming the file when it is truncated or corrupt."""
+    from safetensors.torch import load_file
+
+    from ..data.fmri import DataError
+
+    try:
+        return load_file(path)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise DataError(f"{path}: corrupt or truncated safetensors file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+
+
+def read_json(path) -> dict:
+    """A JSON object, or a DataError naming the file."""
+    from ..data.fmri import DataError
+
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 class PretrainedMixin:
     """Subclasses say how their config becomes JSON (``_config_dict``) and back (``_from_config_dict``)."""
 
@@ -36,14 +62,22 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike):
-        from safetensors.torch import load_file
+        from ..data.fmri import DataError
 
         folder = Path(folder)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder} is not a saved {cls.__name__}: {name} is missing")
-        config = json.loads((folder / CONFIG_NAME).read_text())
+        config = read_json(folder / CONFIG_NAME)
         saved_class = config.pop("class", cls.__name__)
-        model = cls._from_config_dict(config, saved_class)
-        model._load_saved_weights(load_file(folder / WEIGHTS_NAME), saved_class)
+        try:
+            model = cls._from_config_dict(config, saved_class)
+        except (TypeError, ValueError, KeyError) as e:
+            raise DataError(f"{folder / CONFIG_NAME}: not a {cls.__name__} config ({type(e).__name__}: {e})") from None
+        weights = read_safetensors(folder / WEIGHTS_NAME)
+        try:
+            model._load_saved_weights(weights, saved_class)
+        except (RuntimeError, KeyError) as e:
+            raise DataError(f"{folder / WEIGHTS_NAME}: weights do not fit the {cls.__name__} of {CONFIG_NAME} "
+                            f"({str(e).splitlines()[0]})") from None
         return model
