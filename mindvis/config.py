@@ -43,7 +43,8 @@ def _merge(base: DictConfig, other, what: str) -> DictConfig:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
-        raise ConfigError(f"{what}: {e.msg if hasattr(e, 'msg') else e}" + (f" (key: {key})" if key else "")) from None
+        msg = str(e.msg if hasattr(e, "msg") else e).splitlines()[0]  # OmegaConf appends a multi-line context
+        raise ConfigError(f"{what}: {msg}" + (f" (key: {key})" if key else "")) from None
 
 
 def build_config(schema: type, preset: str | os.PathLike | None = None, overrides: Sequence[str] = (),

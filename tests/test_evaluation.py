@@ -189,3 +189,49 @@ def test_convert_names_a_truncated_safetensors_file(tmp_path, capsys):
     w.write_bytes(w.read_bytes()[:100])
     assert convert_main(["to-original", str(tmp_path / "m"), str(tmp_path / "o.pth")]) == 2
     assert f"{w}: corrupt or truncated safetensors file" in capsys.readouterr().err
+
+
+def _bad_fmri_files(folder):
+    import h5py
+
+    (folder / "text.npy").write_text("not an array\n")
+    np.savez(folder / "good.npz", fmri=np.zeros((2, 8), np.float32))
+    data = (folder / "good.npz").read_bytes()
+    (folder / "truncated.npz").write_bytes(data[: len(data) // 2])
+    (folder / "text.h5").write_text("not hdf5\n")
+    np.save(folder / "strings.npy", np.array([["a", "b"], ["c", "d"]]))
+    np.save(folder / "objects.npy", np.array([{"x": 1}, None], dtype=object), allow_pickle=True)
+    np.save(folder / "empty.npy", np.zeros((0, 8), np.float32))
+    with h5py.File(folder / "wrong.h5", "w") as f:
+        f["betas"] = np.zeros((2, 8))
+    return {"text.npy": "not a readable .npy file", "truncated.npz": "not a readable .npz file",
+            "text.h5": "not a readable .h5 file", "strings.npy": "must be numbers", "objects.npy": "not a readable",
+            "empty.npy": "no samples", "wrong.h5": "no dataset 'fmri'"}
+
+
+def test_bad_fmri_files_are_one_line_errors(finetuned, tmp_path, capsys):
+    for name, message in _bad_fmri_files(tmp_path).items():
+        assert sample_main(["--model", str(finetuned), "--fmri", str(tmp_path / name), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and name in err and err.count("\n") == 1, (name, err)
+
+
+def test_eval_refuses_bad_samples_files_in_one_line(finetuned, tmp_path, capsys):
+    from mindvis.evaluation.cli import main as eval_main
+
+    out = tmp_path / "s"
+    assert sample_main(["--model", str(finetuned), "--steps", "2", "--num-samples", "1", "--scheduler", "dpm++",
+                        "--out", str(out)]) == 0
+    data = (out / "samples.npz").read_bytes()
+    cases = {"text": b"not an npz\n", "truncated": data[: len(data) // 2]}
+    with np.load(out / "samples.npz") as z:
+        arrays = dict(z)
+    meta = json.loads(str(arrays["meta"]))
+    meta["synthetic_world"]["brightness"] = 3  # a setting the world does not have
+    for name, content in cases.items():
+        (tmp_path / f"{name}.npz").write_bytes(content)
+    np.savez(tmp_path / "unknown.npz", **{**arrays, "meta": np.array(json.dumps(meta))})
+    for name, message in (("text", "not a readable"), ("truncated", "not a readable"), ("unknown", "brightness")):
+        assert eval_main(["--samples", str(tmp_path / f"{name}.npz")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1, (name, err)

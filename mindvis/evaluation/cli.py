@@ -5,9 +5,11 @@ import argparse
 import json
 import logging
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from .classifiers import ClassifierUnavailable, load_classifier
 from .evaluate import PAIRWISE, evaluate, markdown_report, to_float_images, write_report
@@ -36,22 +38,37 @@ def main(argv=None) -> int:
     if not path.is_file():
         print(f"mindvis-eval: error: {path} not found", file=sys.stderr)
         return 2
-    with np.load(path, allow_pickle=False) as z:
-        if "ground_truth" not in z.files:
-            print(f"mindvis-eval: error: {path} has no ground_truth (samples of an fMRI file cannot be scored)",
-                  file=sys.stderr)
-            return 2
-        samples, truth = to_float_images(z["samples"]), to_float_images(z["ground_truth"])
-        meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
-    world = meta.get("synthetic_world")
+    from ..config import ConfigError, build_config
+    from ..data.fmri import DataError, read_npz
+    from ..data.synthetic import SyntheticWorldConfig
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "ground_truth" not in z.files:
+                raise DataError(f"{path} has no ground_truth (samples of an fMRI file cannot be scored)")
+            keys = ["samples", "ground_truth"] + (["meta"] if "meta" in z.files else [])
+        arrays = read_npz(path, keys)
+        samples, truth = to_float_images(arrays["samples"]), to_float_images(arrays["ground_truth"])
+        meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
+        world = meta.get("synthetic_world")
+        # strict: an unknown or mistyped world setting in the metadata is named, never passed on
+        world_cfg = (OmegaConf.to_object(build_config(SyntheticWorldConfig, defaults=world)) if world else None)
+    except DataError as e:
+        print(f"mindvis-eval: error: {e}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
+        print(f"mindvis-eval: error: {path}: its synthetic_world metadata does not fit this mindvis ({e})",
+              file=sys.stderr)
+        return 2
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        print(f"mindvis-eval: error: {path}: not a readable samples.npz ({type(e).__name__}: "
+              f"{str(e).splitlines()[0] if str(e) else ''})", file=sys.stderr)
+        return 2
     name = args.classifier or ("synthetic" if world else "vit_h_14")
     classifier = None
     try:
         if "nway" in args.metrics:
-            from ..data.synthetic import SyntheticWorldConfig
-
-            classifier = load_classifier(name, args.classifier_weights, SyntheticWorldConfig(**world) if world else None,
-                                         image_size=truth.shape[-1])
+            classifier = load_classifier(name, args.classifier_weights, world_cfg, image_size=truth.shape[-1])
         report = evaluate(samples, truth, classifier, args.n_way, args.top_k, args.trials, args.metrics, args.seed)
     except ClassifierUnavailable as e:
         print(f"mindvis-eval: error: {e}", file=sys.stderr)

@@ -29,31 +29,45 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def read_fmri_file(path: str | Path) -> np.ndarray:
-    """(N, V) fMRI from .npy, .npz (key 'fmri' or the only array) or .h5/.hdf5 (dataset 'fmri')."""
+    """(N, V) fMRI from .npy, .npz (key 'fmri' or the only array) or .h5/.hdf5 (dataset 'fmri'); anything else, or
+    a file that is unreadable, empty, non-numeric or non-finite, is a one-line DataError naming the file."""
+    import zipfile
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"fMRI file not found: {path}")
-    if path.suffix == ".npy":
-        x = np.load(path, allow_pickle=False)
-    elif path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            if "fmri" not in z.files and len(z.files) != 1:
-                raise DataError(f"{path}: no 'fmri' key among {z.files}")
-            x = z["fmri"] if "fmri" in z.files else z[z.files[0]]
-    elif path.suffix in (".h5", ".hdf5"):
-        import h5py
+    try:
+        if path.suffix == ".npy":
+            x = np.load(path, allow_pickle=False)
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if "fmri" not in z.files and len(z.files) != 1:
+                    raise DataError(f"{path}: no 'fmri' key among {z.files}")
+                x = z["fmri"] if "fmri" in z.files else z[z.files[0]]
+        elif path.suffix in (".h5", ".hdf5"):
+            import h5py
 
-        with h5py.File(path, "r") as f:
-            if "fmri" not in f:
-                raise DataError(f"{path}: no dataset 'fmri' (has {list(f)})")
-            x = f["fmri"][()]
-    else:
-        raise DataError(f"{path}: unsupported fMRI file type {path.suffix!r} (.npy, .npz, .h5)")
-    x = np.asarray(x, dtype=np.float32)
+            with h5py.File(path, "r") as f:
+                if "fmri" not in f:
+                    raise DataError(f"{path}: no dataset 'fmri' (has {list(f)})")
+                x = f["fmri"][()]
+        else:
+            raise DataError(f"{path}: unsupported fMRI file type {path.suffix!r} (.npy, .npz, .h5)")
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, TypeError) as e:
+        raise DataError(f"{path}: not a readable {path.suffix} file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise DataError(f"{path}: fMRI must be numbers, got an array of {x.dtype}")
+    x = x.astype(np.float32)
     if x.ndim == 3 and x.shape[1] == 1:
         x = x[:, 0]
     if x.ndim != 2:
         raise DataError(f"{path}: fMRI must be (samples, voxels), got {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise DataError(f"{path}: fMRI holds no samples or no voxels, shape {x.shape}")
     if not np.isfinite(x).all():
         raise DataError(f"{path}: fMRI holds NaN/Inf")
     return x
