@@ -92,3 +92,14 @@ def test_a_folder_that_is_not_a_prior(tmp_path):
     (tmp_path / "config.yaml").write_text("model: {}\n")
     with pytest.raises(PriorFormatError, match="not a CompVis LDM folder|not a LatentDiffusion config"):
         load_compvis_ldm(tmp_path)
+
+
+def test_a_prior_config_with_python_tags_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("model: !!python/object/apply:os.system ['touch /tmp/mindvis-yaml-pwned']\n")
+    (tmp_path / "model.ckpt").write_bytes(b"")
+    with pytest.raises(PriorFormatError, match="not a plain YAML config") as err:
+        load_compvis_ldm(tmp_path)
+    assert "\n" not in str(err.value)
+    import os
+
+    assert not os.path.exists("/tmp/mindvis-yaml-pwned")

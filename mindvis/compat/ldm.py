@@ -28,7 +28,11 @@ def _load_compvis_config(folder: Path) -> dict:
     cfg_path = folder / "config.yaml"
     if not cfg_path.is_file():
         raise PriorFormatError(f"{folder} is not a CompVis LDM folder: config.yaml is missing")
-    cfg = OmegaConf.to_container(OmegaConf.load(cfg_path))
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(cfg_path))
+    except Exception as e:  # noqa: BLE001 - yaml and OmegaConf raise many error types; nothing in the file runs
+        raise PriorFormatError(f"{cfg_path}: not a plain YAML config ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}); python tags are not loaded") from None
     try:
         cfg["model"]["params"]["unet_config"]["params"]
         cfg["model"]["params"]["first_stage_config"]["params"]["ddconfig"]
