@@ -111,6 +111,9 @@ def load_training_state(path: Path) -> dict:
     return state
 
 
+_run_logger: logging.Logger | None = None  # the logger of the run this process started last (for its failure)
+
+
 def setup_logging(name: str, run_dir: Path, main: bool) -> logging.Logger:
     """Log to stderr and ``run_dir/train.log`` on the main process; warnings only elsewhere."""
     log = logging.getLogger(name)
@@ -144,7 +147,8 @@ def start_run(train_cfg, output_dir: str, resume: str | Path | None, run_name: s
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    log = setup_logging(logger, run_dir, main)
+    global _run_logger
+    log = _run_logger = setup_logging(logger, run_dir, main)
     if main:
         removed = remove_stale_temporaries(run_dir)
         if removed:
@@ -168,6 +172,14 @@ def add_run_arguments(parser, stage: str, resume_help: str = "continue the run i
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see below)")
 
 
+def _report_failure(message: str) -> None:
+    """On stderr, and in the run's train.log when the run folder exists already."""
+    print(message, file=sys.stderr)
+    for h in _run_logger.handlers if _run_logger else []:
+        if isinstance(h, logging.FileHandler):
+            h.emit(logging.LogRecord(_run_logger.name, logging.ERROR, "", 0, message, None, None))
+
+
 def run_training_command(prog: str, args, resolve, train, errors: tuple = ()) -> int:
     """Resolve the config, print it (``--print-config``) or train; user mistakes become one-line errors (exit 2),
     a non-finite loss exit 1."""
@@ -177,6 +189,8 @@ def run_training_command(prog: str, args, resolve, train, errors: tuple = ()) ->
     from .config import ConfigError
     from .data.fmri import DataError
 
+    global _run_logger
+    _run_logger = None
     try:
         cfg = resolve(args)
         if args.print_config:
@@ -184,9 +198,9 @@ def run_training_command(prog: str, args, resolve, train, errors: tuple = ()) ->
             return 0
         train(cfg, resume=args.resume, run_name=args.run_name)
     except (ConfigError, DataError, FileNotFoundError, OriginalCheckpointError, *errors) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        _report_failure(f"{prog}: error: {e}")
         return 2
     except NonFiniteLossError as e:
-        print(f"{prog}: training stopped: {e}", file=sys.stderr)
+        _report_failure(f"{prog}: training stopped: {e}")
         return 1
     return 0

@@ -200,3 +200,10 @@ def test_resume_removes_what_a_killed_checkpoint_write_left(tmp_path, cache_dir,
     assert not any(p.exists() for p in leftovers)
     assert (run_dir / "checkpoints" / "epoch-0004").is_dir()  # finished checkpoints stay
     assert "removed 3 unfinished temporary file(s)" in (run_dir / "train.log").read_text()
+
+
+def test_a_failure_after_the_run_started_reaches_its_log(tmp_path, cache_dir, tiny_world, capsys):
+    rc, run_dir = run(tmp_path, cache_dir, "fails", "--target", "clip:/nonexistent/clip-folder")
+    assert rc == 2
+    assert "not on this machine" in capsys.readouterr().err
+    assert "ERROR mindvis-align: error:" in (run_dir / "train.log").read_text()
