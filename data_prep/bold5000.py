@@ -19,7 +19,7 @@ from mindvis.data.fmri import DataError, check_finite
 from mindvis.data.pairs import BOLD5000_ROIS
 from mindvis.utils.io import atomic_write
 
-from .common import done, item_record, write_item, write_meta
+from .common import done, item_record, load_image, write_item, write_meta
 
 HEMIS = ("LH", "RH")
 BETA_TAG = "GLMbetas-TYPED-FITHRF-GLMDENOISE-RR"
@@ -39,9 +39,7 @@ def find_masks(folder: Path) -> dict[str, Path]:
 
 
 def read_session(path: Path, masks: dict[str, np.ndarray], chunk: int = 64) -> dict[str, np.ndarray]:
-    import nibabel as nib
-
-    img = nib.load(str(path))
+    img = load_image(path)
     if img.ndim != 4:
         raise DataError(f"{path}: expected 4-D betas (x, y, z, trials), got shape {img.shape}")
     first = next(iter(masks.values()))
@@ -72,8 +70,6 @@ def build_image_dict(presented: Path, size: int = 256) -> dict[str, np.ndarray]:
 def prepare_bold5000(betas: dict[str, list[str | Path]], masks: dict[str, str | Path], stimuli: str | Path,
                      out: str | Path, progress=None) -> Path:
     """``betas``: subject -> session NIfTI files (in session order); ``masks``: subject -> mask folder."""
-    import nibabel as nib
-
     out, stimuli = Path(out), Path(stimuli)
     lists = stimuli / "Stimuli_Presentation_Lists"
     rep = stimuli / "Scene_Stimuli" / "repeated_stimuli_113_list.txt"
@@ -87,7 +83,7 @@ def prepare_bold5000(betas: dict[str, list[str | Path]], masks: dict[str, str | 
         dst = out / f".{sub}.d"
         if not done(dst):
             mask_files = find_masks(Path(masks[sub]))
-            mask_arrays = {k: np.asarray(nib.load(str(p)).dataobj) > 0 for k, p in mask_files.items()}
+            mask_arrays = {k: np.asarray(load_image(p).dataobj) > 0 for k, p in mask_files.items()}
             sessions = [read_session(Path(f), mask_arrays) for f in betas[sub]]
             rois = {k: np.concatenate([s[k] for s in sessions]) for k in mask_arrays}
             for k, x in rois.items():

@@ -58,3 +58,14 @@ def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise DataError(f"{what} not found: {path}")
     return path
+
+
+def load_image(path, what: str = "NIfTI"):
+    """A nibabel image, or a one-line DataError naming the file (nibabel raises many error types for bad files)."""
+    import nibabel as nib
+
+    try:
+        return nib.load(str(path))
+    except Exception as e:  # noqa: BLE001 - ImageFileError, OSError, EOFError, ValueError, ...
+        raise DataError(f"{path}: not a readable {what} file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None

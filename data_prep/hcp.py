@@ -18,7 +18,7 @@ import numpy as np
 from mindvis.data.fmri import DataError, check_finite
 from mindvis.data.hcp import HCP_FILE, HCP_ROIS
 
-from .common import done, item_record, require_file, write_item, write_meta
+from .common import done, item_record, load_image, require_file, write_item, write_meta
 
 DEFAULT_PATTERN = "MNINonLinear/Results/rfMRI_REST*/rfMRI_REST*_Atlas_MSMAll.dtseries.nii"
 
@@ -26,10 +26,7 @@ DEFAULT_PATTERN = "MNINonLinear/Results/rfMRI_REST*/rfMRI_REST*_Atlas_MSMAll.dts
 def _load_cifti(path: Path):
     import nibabel as nib
 
-    try:
-        img = nib.load(str(path))
-    except Exception as e:  # noqa: BLE001 - nibabel raises many types for bad files
-        raise DataError(f"{path}: not readable by nibabel ({e})") from e
+    img = load_image(path, "CIFTI-2")
     if not isinstance(img, nib.cifti2.Cifti2Image):
         raise DataError(f"{path}: not a CIFTI-2 file (got {type(img).__name__})")
     return img
@@ -85,9 +82,7 @@ def read_columns(img, columns: dict[str, np.ndarray], chunk: int = 128) -> dict[
 
 def read_volume_rois(run: Path, atlas: Path, atlas_values: dict[str, list[int]], chunk: int = 64):
     """Volumetric alternative: a 4-D NIfTI run and an integer atlas on the same grid."""
-    import nibabel as nib
-
-    img, at = nib.load(str(run)), nib.load(str(atlas))
+    img, at = load_image(run), load_image(atlas)
     if img.ndim != 4:
         raise DataError(f"{run}: expected a 4-D NIfTI time series, got shape {img.shape}")
     if tuple(at.shape[:3]) != tuple(img.shape[:3]):

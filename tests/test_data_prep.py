@@ -1,5 +1,6 @@
 """Each preparation on small raw files written here in the real formats; the stage loaders read the output."""
 import json
+import shutil
 
 import h5py
 import nibabel as nib
@@ -105,7 +106,7 @@ def test_hcp_input_errors(hcp_raw, tmp_path):
     with pytest.raises(DataError, match=r"no label for ROI\(s\) \['V2', 'V3', 'V4'\]"):
         prepare_hcp(raw, tmp_path / "o", bad)
     (raw / "100206" / RUN).write_bytes(b"not a cifti file")
-    with pytest.raises(DataError, match="not readable by nibabel"):
+    with pytest.raises(DataError, match="not a readable CIFTI-2 file"):
         prepare_hcp(raw, tmp_path / "o2", labels)
     data = np.full((30, 18), np.nan, np.float32)
     _cifti_run(raw / "100206" / RUN, data, np.arange(10), np.arange(8))
@@ -113,7 +114,7 @@ def test_hcp_input_errors(hcp_raw, tmp_path):
         prepare_hcp(raw, tmp_path / "o3", labels)
 
 
-def test_hcp_volumetric_alternative(tmp_path):
+def test_hcp_volumetric_alternative(tmp_path, capsys):
     rng = np.random.default_rng(1)
     atlas = np.zeros((4, 4, 3), np.int16)
     atlas[0, :, 0], atlas[1, :, 0], atlas[2, :, 0], atlas[3, :2, 0] = 1, 2, 3, 4
@@ -126,6 +127,11 @@ def test_hcp_volumetric_alternative(tmp_path):
                       "--out", str(tmp_path / "out")]) == 0
     with np.load(tmp_path / "out" / "s1" / "HCP_visual_voxel.npz") as z:
         assert {k: z[k].shape for k in z.files} == {"V1": (12, 4), "V2": (12, 4), "V3": (12, 4), "V4": (12, 2)}
+    (tmp_path / "atlas.txt.nii.gz").write_text("not a NIfTI\n")
+    assert prep_main(["hcp", "--input", str(tmp_path / "raw"), "--pattern", "rest.nii.gz", "--atlas",
+                      str(tmp_path / "atlas.txt.nii.gz"), "--atlas-labels", "V1=1", "V2=2", "V3=3", "V4=4",
+                      "--out", str(tmp_path / "out2")]) == 2
+    assert "atlas.txt.nii.gz: not a readable NIfTI file" in capsys.readouterr().err
 
 
 def _bdata(path, x, dtype, stim, rois):
@@ -174,7 +180,7 @@ def test_god_from_bdata(tmp_path):
         prepare_god([tmp_path / "x.h5"], imgs, tmp_path / "god2")
 
 
-def test_bold5000_from_nifti(tmp_path):
+def test_bold5000_from_nifti(tmp_path, capsys):
     rng = np.random.default_rng(0)
     grid = (5, 4, 3)
     masks = tmp_path / "masks"
@@ -217,3 +223,17 @@ def test_bold5000_from_nifti(tmp_path):
     assert len(tr) == 4 and len(te) == 2 and tr.fmri.shape[1] == 32
     assert prep_main(["bold5000", "--betas", f"CSI1={tmp_path}/none-*.nii.gz", "--masks", f"CSI1={masks}",
                       "--stimuli", str(st), "--out", str(tmp_path / "x")]) == 2
+    # a text file where a NIfTI belongs: one line naming it, for betas and for masks
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "CSI1_ses-01.nii.gz").write_text("not a NIfTI\n")
+    assert prep_main(["bold5000", "--betas", f"CSI1={fake}/CSI1_ses-*.nii.gz", "--masks", f"CSI1={masks}",
+                      "--stimuli", str(st), "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err  # (the progress bar shares stderr)
+    assert "CSI1_ses-01.nii.gz: not a readable NIfTI file" in err.splitlines()[-1] and "Traceback" not in err
+    bad_masks = tmp_path / "bad_masks"
+    shutil.copytree(masks, bad_masks)
+    (bad_masks / "CSI1_mask-LHLOC.nii.gz").write_bytes(b"\x1f\x8b broken")
+    assert prep_main(["bold5000", "--betas", f"CSI1={tmp_path}/CSI1_ses-*.nii.gz", "--masks", f"CSI1={bad_masks}",
+                      "--stimuli", str(st), "--out", str(tmp_path / "z")]) == 2
+    assert "CSI1_mask-LHLOC.nii.gz: not a readable NIfTI file" in capsys.readouterr().err
