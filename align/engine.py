@@ -29,8 +29,8 @@ from mindvis.finetune.data import build_stage_b_data
 from mindvis.models.brain_decoders import MBMDecoder, MBMDecoderConfig, MindEyeMLP, MLPConfig
 from mindvis.models.image_embedders import cached_embeddings, load_embedder, valid_target
 from mindvis.models.ridge import RidgeConfig, RidgeDecoder
-from mindvis.training import (STATE_NAME, check_finite_loss, decay_groups, latest_checkpoint, load_training_state,
-                              lr_at, save_training_state, seed_epoch, start_run, write_checkpoint)
+from mindvis.training import (STATE_NAME, check_finite_loss, decay_groups, load_resume_checkpoint, lr_at,
+                              save_training_state, seed_epoch, start_run, write_checkpoint)
 from mindvis.utils.io import atomic_dir, atomic_write, atomic_write_json, atomic_write_text
 from mindvis.utils.plots import plot_loss_curves, save_image_grid
 
@@ -195,9 +195,8 @@ def train_decoder(cfg: DictConfig, model, train_x: np.ndarray, train_y: np.ndarr
     history, start_epoch = [], 0
     best = {"metric": float("inf"), "epoch": 0}
     if resume:
-        ckpt = latest_checkpoint(run_dir)
-        model.load_state_dict(load_decoder(ckpt / "model").state_dict())
-        state = load_training_state(ckpt / STATE_NAME)
+        ckpt, saved, state = load_resume_checkpoint(run_dir, load_decoder)
+        model.load_state_dict(saved.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         if callable(temperature):
             temperature.log_scale.data.fill_(float(state["log_temperature"]))

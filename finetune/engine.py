@@ -27,8 +27,8 @@ from mindvis.models.dc_ldm import DCLDM
 from mindvis.models.priors import load_prior
 from mindvis.models.sc_mbm import FMRIEncoder, MBMConfig, mbm_config
 from mindvis.pipelines import MindVisPipeline
-from mindvis.training import (STATE_NAME, EpochShuffleSampler, check_finite_loss, latest_checkpoint,
-                              load_training_state, save_training_state, seed_epoch, start_run, write_checkpoint)
+from mindvis.training import (STATE_NAME, EpochShuffleSampler, check_finite_loss, load_resume_checkpoint,
+                              save_training_state, seed_epoch, start_run, write_checkpoint)
 from mindvis.utils.io import atomic_dir, atomic_write_json
 from mindvis.utils.plots import plot_loss_curves, save_image_grid
 
@@ -161,9 +161,8 @@ def finetune(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=tc.weight_decay)
     history, start_epoch, best = [], 0, {"metric": float("inf"), "epoch": 0}
     if resume:
-        ckpt = latest_checkpoint(run_dir)
-        model.load_state_dict(DCLDM.from_pretrained(ckpt / "model").state_dict())
-        state = load_training_state(ckpt / STATE_NAME)
+        ckpt, saved, state = load_resume_checkpoint(run_dir, DCLDM.from_pretrained)
+        model.load_state_dict(saved.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history, best = state["epoch"], state["history"], dict(state["best"])
         log.info("resumed from %s (epoch %d done)", ckpt, start_epoch)

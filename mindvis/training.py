@@ -79,6 +79,26 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
     return ckpts / pointer.read_text().strip()
 
 
+def load_resume_checkpoint(run_dir: str | Path, load_model: Callable[[Path], object]) -> tuple[Path, object, dict]:
+    """The newest intact checkpoint of a run: (its folder, ``load_model(folder / "model")``, its training state).
+
+    The checkpoint ``latest`` points at comes first, then the other ``epoch-*`` folders from the newest; one whose
+    model or state cannot be read (truncated by a full disk, say) is named in the run's log and skipped.
+    """
+    ckpts = Path(run_dir) / CHECKPOINTS
+    first = latest_checkpoint(run_dir)
+    candidates = [first] + sorted((p for p in ckpts.glob("epoch-*") if p.is_dir() and p != first), reverse=True)
+    log = _run_logger or logging.getLogger("mindvis.training")
+    for ckpt in candidates:
+        try:
+            return ckpt, load_model(ckpt / "model"), load_training_state(ckpt / STATE_NAME)
+        except Exception as e:  # noqa: BLE001 - a damaged file can fail in many ways; the next one is tried
+            log.warning("checkpoint %s is damaged and skipped (%s: %s)", ckpt, type(e).__name__,
+                        str(e).splitlines()[0] if str(e) else "")
+    raise FileNotFoundError(f"{run_dir} has no intact checkpoint to resume from (tried "
+                            f"{', '.join(c.name for c in candidates)})")
+
+
 def write_checkpoint(run_dir: Path, epoch: int, fill: Callable[[Path], None], keep: int) -> Path:
     """Write ``checkpoints/epoch-NNNN`` atomically with ``fill(tmp_dir)``, point ``latest`` at it, and
     keep the newest ``keep`` epoch folders."""

@@ -20,7 +20,7 @@ from mindvis.compat.original import load_original_mbm
 from mindvis.config import save_config, to_plain
 from mindvis.models.sc_mbm import MaskedBrainModel, MBMConfig
 from mindvis.training import (CHECKPOINTS, STATE_NAME, EpochShuffleSampler, NonFiniteLossError, check_finite_loss,
-                              decay_groups, latest_checkpoint, load_training_state, lr_at, save_training_state,
+                              decay_groups, latest_checkpoint, load_resume_checkpoint, lr_at, save_training_state,
                               seed_epoch, start_run, write_checkpoint)
 from mindvis.utils.io import atomic_write_json, atomic_write_text
 from mindvis.utils.plots import plot_fmri_reconstructions, plot_loss_curves
@@ -82,9 +82,8 @@ def pretrain(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
     history: list[dict] = []
     start_epoch = 0
     if resume:
-        ckpt = latest_checkpoint(run_dir)
-        model.load_state_dict(MaskedBrainModel.from_pretrained(ckpt / "model").state_dict())
-        state = load_training_state(ckpt / STATE_NAME)
+        ckpt, saved, state = load_resume_checkpoint(run_dir, MaskedBrainModel.from_pretrained)
+        model.load_state_dict(saved.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], state["history"]
         log.info("resumed from %s (epoch %d done)", ckpt, start_epoch)

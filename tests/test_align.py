@@ -207,3 +207,24 @@ def test_a_failure_after_the_run_started_reaches_its_log(tmp_path, cache_dir, ti
     assert rc == 2
     assert "not on this machine" in capsys.readouterr().err
     assert "ERROR mindvis-align: error:" in (run_dir / "train.log").read_text()
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, cache_dir, tiny_world, capsys):
+    _, full = run(tmp_path, cache_dir, "intact", "--decoder", "mlp")
+    rc, part = run(tmp_path, cache_dir, "damaged", "--decoder", "mlp")
+    weights = part / "checkpoints" / "epoch-0004" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])  # as a full disk would leave it
+    (part / "retrieval.json").unlink()
+    assert main(["--resume", str(part)]) == 0
+    log = (part / "train.log").read_text()
+    assert "epoch-0004 is damaged and skipped" in log and "resumed from" in log and "epoch-0002" in log
+    a = json.loads((full / "retrieval.json").read_text())["history"]
+    b = json.loads((part / "retrieval.json").read_text())["history"]
+    assert [h["loss"] for h in a] == pytest.approx([h["loss"] for h in b], rel=1e-6)  # epochs 3-4 trained again
+    state = part / "checkpoints" / "epoch-0002" / "training_state.pt"
+    state.write_bytes(b"")
+    for w in part.glob("checkpoints/epoch-*/model/model.safetensors"):
+        w.write_bytes(b"")
+    capsys.readouterr()
+    assert main(["--resume", str(part)]) == 2
+    assert "has no intact checkpoint to resume from" in capsys.readouterr().err

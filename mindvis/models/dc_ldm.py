@@ -7,7 +7,6 @@ conditioner's offset is added to the timestep embedding), ``vae`` (VQModel or Au
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
