@@ -15,6 +15,8 @@ class ModelConfig:
     encoder_variant: str = "tiny"  # architecture when encoder=random (mindvis.models.MBM_VARIANTS)
     prior: str = ""  # CompVis LDM folder or diffusers-style folder; empty with synthetic: the cached synthetic prior
     global_pool: bool = False  # one context token (mean of encoder tokens) instead of 77
+    original_norm_filter: bool = False  # with global_pool: drop every pretrained LayerNorm as the original's loader
+    # does (a defect: trained weights are discarded); for compatibility with runs fine-tuned that way
     time_cond: bool = True  # double conditioning: add the fMRI to the timestep embedding
     interpolate_positions: bool = True  # adapt the encoder's positions to the data's voxel count (original)
 

@@ -67,8 +67,9 @@ def resolve_prior(cfg: DictConfig) -> str:
 
 
 def build_encoder(num_voxels: int, enc_cfg: MBMConfig, enc_weights: dict | None, global_pool: bool = False,
-                  interpolate_positions: bool = True) -> FMRIEncoder:
-    """The SC-MBM encoder for ``num_voxels`` voxels, with the stage-A weights (positions resized if allowed)."""
+                  interpolate_positions: bool = True, original_norm_filter: bool = False) -> FMRIEncoder:
+    """The SC-MBM encoder for ``num_voxels`` voxels, with the stage-A weights (positions resized if allowed;
+    ``original_norm_filter``: see :meth:`FMRIEncoder.load_mbm_state_dict`)."""
     if num_voxels % enc_cfg.patch_size or num_voxels // enc_cfg.patch_size < 2:
         raise DataError(f"the encoder (patch size {enc_cfg.patch_size}) cannot take {num_voxels} voxels: it needs a "
                         "multiple of the patch size with at least two patches")
@@ -77,13 +78,14 @@ def build_encoder(num_voxels: int, enc_cfg: MBMConfig, enc_weights: dict | None,
                         "set model.interpolate_positions=true to resize its positions (as the original does)")
     encoder = FMRIEncoder(MBMConfig(**{**asdict(enc_cfg), "num_voxels": num_voxels}), global_pool=global_pool)
     if enc_weights is not None:
-        encoder.load_mbm_state_dict(enc_weights)
+        encoder.load_mbm_state_dict(enc_weights, drop_norms=original_norm_filter)
     return encoder
 
 
 def build_model(cfg: DictConfig, num_voxels: int, enc_cfg: MBMConfig, enc_weights: dict | None) -> DCLDM:
     m = cfg.model
-    encoder = build_encoder(num_voxels, enc_cfg, enc_weights, m.global_pool, m.interpolate_positions)
+    encoder = build_encoder(num_voxels, enc_cfg, enc_weights, m.global_pool, m.interpolate_positions,
+                            m.original_norm_filter)
     unet, vae, sched = load_prior(resolve_prior(cfg), time_conditioned=m.time_cond, cache_dir=cfg.data.cache_dir or None)
     ccfg = ConditionerConfig(encoder=asdict(encoder.config), context_dim=unet.config.cross_attention_dim,
                              time_embed_dim=unet.time_embedding.linear_2.out_features, global_pool=m.global_pool,

@@ -188,3 +188,17 @@ def test_paper_size_stage_b_runs_a_training_step_on_cpu():
     loss.backward()
     opt.step()
     assert torch.isfinite(loss) and m.image_size == 256
+
+
+def test_original_norm_filter_setting_reaches_the_encoder(cache_dir, tmp_path, tiny_prior):
+    from mindvis.models.sc_mbm import MaskedBrainModel
+
+    mbm = MaskedBrainModel(mbm_config("tiny", 176))
+    with torch.no_grad():
+        mbm.norm.weight.add_(1.0)
+    mbm.save_pretrained(tmp_path / "a")
+    for flag, expect_trained in (("false", True), ("true", False)):
+        cfg = make_cfg(cache_dir, tmp_path, tiny_prior, f"model.encoder={tmp_path / 'a'}", "model.global_pool=true",
+                       f"model.original_norm_filter={flag}")
+        m = engine.build_model(cfg, 176, *engine.load_encoder(cfg.model.encoder, cfg.model.encoder_variant))
+        assert torch.equal(m.conditioner.mae.norm.weight, mbm.norm.weight) == expect_trained

@@ -139,3 +139,28 @@ def test_save_pretrained_round_trip(tmp_path):
         assert torch.equal(FMRIEncoder.from_pretrained(tmp_path / "enc")(x), enc(x))
     with pytest.raises(FileNotFoundError, match="not a saved MaskedBrainModel: config.json is missing"):
         MaskedBrainModel.from_pretrained(tmp_path)
+
+
+def test_global_pool_loading_keeps_trained_norms_and_the_original_filter_drops_every_norm():
+    mbm = small(160)
+    with torch.no_grad():  # make every LayerNorm differ from a fresh one
+        for name, p in mbm.named_parameters():
+            if "norm" in name:
+                p.add_(0.5)
+    norm_keys = {k for k in FMRIEncoder(mbm.config, global_pool=True).state_dict() if "norm" in k}
+    assert {"norm.weight", "blocks.0.norm1.weight", "blocks.0.norm2.bias"} <= norm_keys
+    default = FMRIEncoder(mbm.config, global_pool=True)
+    default.load_mbm_state_dict(mbm.state_dict())
+    sd = mbm.state_dict()
+    assert all(torch.equal(default.state_dict()[k], sd[k]) for k in norm_keys)  # every trained norm loaded
+    original = FMRIEncoder(mbm.config, global_pool=True)
+    original.load_mbm_state_dict(mbm.state_dict(), drop_norms=True)
+    for k, v in original.state_dict().items():
+        if k in norm_keys:  # fresh LayerNorms: weight 1, bias 0, exactly what the original leaves
+            assert torch.equal(v, torch.ones_like(v) if k.endswith("weight") else torch.zeros_like(v)), k
+        elif k not in ("mask_token",):
+            assert torch.equal(v, sd[k]), k  # everything else loaded
+    # without global pooling the original loads every norm, and so does drop_norms
+    tokens = FMRIEncoder(mbm.config)
+    tokens.load_mbm_state_dict(mbm.state_dict(), drop_norms=True)
+    assert torch.equal(tokens.norm.weight, mbm.norm.weight)

@@ -284,16 +284,20 @@ class FMRIEncoder(PretrainedMixin, nn.Module, _EncoderMixin):
             x = x.mean(dim=1, keepdim=True)  # (N, 1, D)
         return self.norm(x)
 
-    def load_mbm_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+    def load_mbm_state_dict(self, state_dict: dict[str, torch.Tensor], drop_norms: bool = False) -> None:
         """Load encoder weights from an SC-MBM state dict, interpolating positions if the voxel count differs.
 
-        Decoder entries and the decoder's ``mask_token`` are ignored; every encoder weight must be present.
-        With ``global_pool`` the final norm is left freshly initialised, as the original does: it was
-        trained on single tokens, not on their mean.
+        Decoder entries and the decoder's ``mask_token`` are ignored; every encoder weight must be present and is
+        loaded, the trained LayerNorms included. ``drop_norms`` reproduces the original's ``fmri_encoder.
+        load_checkpoint`` with ``global_pool``: it drops every key containing ``norm`` (the blocks' ``norm1`` /
+        ``norm2`` and the final norm), leaving them freshly initialised; that discards trained weights and is kept
+        only for compatibility with checkpoints fine-tuned that way.
         """
-        skip = {"mask_token"} | ({"norm.weight", "norm.bias"} if self.global_pool else set())
-        sd = {k: v for k, v in state_dict.items() if k in self.state_dict() and k not in skip}
-        missing = sorted(set(self.state_dict()) - set(sd) - skip)
+        own = self.state_dict()
+        dropped = {k for k in own if "norm" in k} if drop_norms and self.global_pool else set()
+        skip = {"mask_token"} | dropped
+        sd = {k: v for k, v in state_dict.items() if k in own and k not in skip}
+        missing = sorted(set(own) - set(sd) - skip)
         if missing:
             raise KeyError(f"SC-MBM state dict lacks encoder weights: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
         if sd["pos_embed"].shape[1] != self.pos_embed.shape[1]:
