@@ -64,12 +64,15 @@ def prepare_god(h5_files: list[str | Path], image_dir: str | Path, out: str | Pa
         test_stim = np.array([fmt(s) for s in d["stim"][te]])
         order = np.argsort([test_pos[s] for s in test_stim], kind="stable")  # trials grouped by image order
         arr_1 = d["x"][te][order]
+        arr_4 = np.array([test_pos[s] for s in test_stim], dtype=np.int64)[order]  # the image of each arr_1 row
         arr_2 = np.stack([d["x"][te][test_stim == s].mean(0) for s in test_ids if (test_stim == s).any()])
         arr_3 = np.array([train_pos[fmt(s)] for s in d["stim"][tr]])
 
-        def fill(tmp: Path, d=d, arr_1=arr_1, arr_2=arr_2, arr_3=arr_3, name=name, path=path):
-            np.savez(tmp / f"{name}.npz", arr_0=d["x"][tr], arr_1=arr_1, arr_2=arr_2, arr_3=arr_3, **d["masks"])
-            return {"source": str(path), "train_trials": int(tr.sum()), "test_trials": int(te.sum()),
+        def fill(tmp: Path, d=d, arr_1=arr_1, arr_2=arr_2, arr_3=arr_3, arr_4=arr_4, name=name, path=path):
+            np.savez(tmp / f"{name}.npz", arr_0=d["x"][tr], arr_1=arr_1, arr_2=arr_2, arr_3=arr_3, arr_4=arr_4,
+                     **d["masks"])
+            return {"source": str(path), "bdata_layout": d["layout"], "train_trials": int(tr.sum()),
+                    "test_trials": int(te.sum()),
                     "voxels": int(d["x"].shape[1]), "roi_voxels": {r: int(m.sum()) for r, m in d["masks"].items()},
                     "train_mean": float(d["x"][tr].mean()), "train_std": float(d["x"][tr].std())}
 

@@ -134,23 +134,26 @@ def test_hcp_volumetric_alternative(tmp_path, capsys):
     assert "atlas.txt.nii.gz: not a readable NIfTI file" in capsys.readouterr().err
 
 
-def _bdata(path, x, dtype, stim, rois):
+def _bdata(path, x, dtype, stim, rois, groups=("dataSet", "metaData"), stim_key="stimulus_id"):
     cols = x.shape[1]
     data = np.concatenate([x, dtype[:, None], stim[:, None]], 1)
-    keys = ["VoxelData"] + [f"ROI_{r}" for r in rois] + ["DataType", "stimulus_id"]
+    keys = ["VoxelData"] + [f"ROI_{r}" for r in rois] + ["DataType", stim_key]
     value = np.full((len(keys), cols + 2), np.nan)
     value[0, :cols] = 1
     for k, (r, c) in enumerate(rois.items()):
         value[1 + k, c] = 1
     value[-2, cols], value[-1, cols + 1] = 1, 1
     with h5py.File(path, "w") as f:
-        f["dataSet"] = data
-        f["metaData/key"] = np.array(keys, dtype="S")
-        f["metaData/description"] = np.array(keys, dtype="S")
-        f["metaData/value"] = value
+        f[groups[0]] = data
+        f[f"{groups[1]}/key"] = np.array(keys, dtype="S")
+        f[f"{groups[1]}/description"] = np.array(keys, dtype="S")
+        f[f"{groups[1]}/value"] = value
 
 
-def test_god_from_bdata(tmp_path):
+@pytest.mark.parametrize("groups,stim_key", [(("dataSet", "metaData"), "stimulus_id"),
+                                             (("dataset", "metadata"), "stimulus_id"),
+                                             (("dataSet", "metaData"), "Label")])
+def test_god_from_bdata(tmp_path, groups, stim_key):
     rng = np.random.default_rng(0)
     train = [1518878.005958, 1518878.005959, 2084071.000001, 2084071.000002]
     test = [3000001.000002, 3000002.000003]
@@ -164,7 +167,8 @@ def test_god_from_bdata(tmp_path):
         dtype = np.array([1] * 4 + [2] * 4, float)
         x = rng.normal(size=(8, 20)).astype(np.float32)
         x[:, 3] = np.arange(8)
-        _bdata(tmp_path / f"Subject{k + 1}.h5", x, dtype, stim, {"V1": np.arange(6), "VC": np.arange(16)})
+        _bdata(tmp_path / f"Subject{k + 1}.h5", x, dtype, stim, {"V1": np.arange(6), "VC": np.arange(16)}, groups,
+               stim_key)
         files.append(tmp_path / f"Subject{k + 1}.h5")
     out = prepare_god(files, imgs, tmp_path / "god", image_size=32)
     with np.load(out / "sbj_1.npz") as z:
@@ -175,6 +179,16 @@ def test_god_from_bdata(tmp_path):
     assert len(tr) == 8 and len(te) == 4 and tr.images.shape[1:] == (32, 32, 3)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["items"]["sbj_2"]["roi_voxels"]["V1"] == 6 and meta["settings"]["train_images"] == 4
+    assert meta["items"]["sbj_1"]["bdata_layout"] == {"groups": list(groups), "stimulus_key": stim_key}
+    # single test trials are paired with their own images (arr_4): the trials of an image average to its test row
+    with np.load(out / "sbj_1.npz") as z:
+        np.testing.assert_array_equal(z["arr_4"], [0, 0, 1, 1])  # arr_1 is grouped by image
+    _, te = god_pairs(out, ["sbj_1"], "VC", 16, include_test_trials=True)
+    avg = {i: te.fmri[k] for k, i in enumerate(te.ids) if "#trial" not in i}
+    for stim_id, row in avg.items():
+        trials = [te.fmri[k] for k, i in enumerate(te.ids) if i.startswith(stim_id + "#trial")]
+        assert len(trials) == 2
+        np.testing.assert_allclose(np.mean(trials, 0), row, atol=1e-5)
     with pytest.raises(DataError, match="not an HDF5 file"):
         (tmp_path / "x.h5").write_text("no")
         prepare_god([tmp_path / "x.h5"], imgs, tmp_path / "god2")

@@ -177,3 +177,34 @@ def test_negative_image_indices_are_refused(tiny_world, tmp_path):
     np.savez(god / "sbj_1.npz", **arrays)
     with pytest.raises(DataError, match="arr_3 holds negative image indices"):
         god_pairs(god, ["sbj_1"])
+
+
+@pytest.mark.parametrize("with_arr_4", [True, False])
+def test_single_test_trials_average_to_their_own_test_row(with_arr_4, tiny_world, tmp_path):
+    """The synthetic release writes arr_4; without it, the documented order (repetition after repetition)."""
+    god = _god_copy(tiny_world, tmp_path)
+    with np.load(god / "sbj_1.npz") as z:
+        arrays = dict(z)
+    assert "arr_4" in arrays
+    if not with_arr_4:
+        del arrays["arr_4"]
+        np.savez(god / "sbj_1.npz", **arrays)
+    _, te = god_pairs(god, ["sbj_1"], include_test_trials=True)
+    for k, stim_id in enumerate(te.ids):
+        if "#trial" in stim_id:
+            continue
+        rows = [j for j, i in enumerate(te.ids) if i.startswith(stim_id + "#trial")]
+        assert len(rows) == TINY_WORLD["test_repeats"]
+        np.testing.assert_allclose(te.fmri[rows].mean(0), te.fmri[k], atol=1e-5)
+        assert all(np.array_equal(te.images[j], te.images[k]) for j in rows)
+
+
+def test_unequal_test_repetitions_are_refused(tiny_world, tmp_path):
+    god = _god_copy(tiny_world, tmp_path)
+    with np.load(god / "sbj_1.npz") as z:
+        arrays = dict(z)
+    arrays["arr_4"] = arrays["arr_4"].copy()
+    arrays["arr_4"][0] = arrays["arr_4"][1]
+    np.savez(god / "sbj_1.npz", **arrays)
+    with pytest.raises(DataError, match="unequal numbers of trials"):
+        god_pairs(god, ["sbj_1"], include_test_trials=True)

@@ -1,7 +1,10 @@
 """The Kamitani lab's BData HDF5 files (bdpy): ``/dataSet`` (samples x columns) and ``/metaData`` with
 ``key``, ``description`` and ``value`` (keys x columns; a column belongs to a key where its value is set).
-GOD uses ``VoxelData`` and ``ROI_*`` voxel flags, ``DataType`` (1 training, 2 test, 3 imagery) and
-``stimulus_id`` columns."""
+GOD uses ``VoxelData`` and ``ROI_*`` voxel flags, ``DataType`` (1 training, 2 test, 3 imagery) and the stimulus
+column. bdpy reads both spellings of the groups (``dataSet``/``metaData``, and ``dataset``/``metadata``, which it
+writes since 2017), and the stimulus column is ``Label`` in releases before 2019, ``stimulus_id`` after; all are
+accepted, and the one found is reported (``layout``)."""
+
 from __future__ import annotations
 
 import os
@@ -10,6 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from .fmri import DataError, check_finite
+
+GROUPS = (("dataSet", "metaData"), ("dataset", "metadata"))
+STIMULUS_KEYS = ("stimulus_id", "Label")
 
 
 def read_bdata(path: str | os.PathLike) -> dict:
@@ -24,11 +30,13 @@ def read_bdata(path: str | os.PathLike) -> dict:
     except OSError as e:
         raise DataError(f"{path}: not an HDF5 file ({e})") from e
     with f:
-        if "dataSet" not in f or "metaData" not in f:
-            raise DataError(f"{path}: not a BData file (needs /dataSet and /metaData)")
-        data = np.asarray(f["dataSet"], dtype=np.float64)
-        keys = [k.decode() if isinstance(k, bytes) else str(k) for k in f["metaData"]["key"][:]]
-        values = np.asarray(f["metaData"]["value"], dtype=np.float64)
+        groups = next((g for g in GROUPS if g[0] in f and g[1] in f), None)
+        if groups is None:
+            raise DataError(f"{path}: not a BData file (needs /dataSet and /metaData, or /dataset and /metadata; "
+                            f"has {sorted(f)})")
+        data = np.asarray(f[groups[0]], dtype=np.float64)
+        keys = [k.decode() if isinstance(k, bytes) else str(k) for k in f[groups[1]]["key"][:]]
+        values = np.asarray(f[groups[1]]["value"], dtype=np.float64)
     if values.shape != (len(keys), data.shape[1]):
         raise DataError(f"{path}: metaData/value has shape {values.shape}, expected ({len(keys)}, {data.shape[1]})")
 
@@ -46,5 +54,9 @@ def read_bdata(path: str | os.PathLike) -> dict:
     masks = {k[4:]: np.isin(voxel_cols, cols(k)) for k in roi_keys}
     x = data[:, voxel_cols].astype(np.float32)
     check_finite(x, str(path))
+    stim_key = next((k for k in STIMULUS_KEYS if k in keys), None)
+    if stim_key is None:
+        raise DataError(f"{path}: no stimulus column (metadata key {' or '.join(STIMULUS_KEYS)})")
     return {"x": x, "masks": masks, "dtype": data[:, cols("DataType")[0]].astype(int),
-            "stim": data[:, cols("stimulus_id")[0]]}
+            "stim": data[:, cols(stim_key)[0]],
+            "layout": {"groups": list(groups), "stimulus_key": stim_key}}

@@ -11,9 +11,10 @@ class DataError(ValueError):
     """Input data is missing or malformed; the message names the file, key and what was expected."""
 
 
-def read_npz(path, keys) -> dict[str, np.ndarray]:
-    """The arrays ``keys`` of an .npz file (never unpickled), or a :class:`DataError` naming the file: a text,
-    truncated or object-array file is refused in one line, and missing keys are listed with the ones present."""
+def read_npz(path, keys, optional=()) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (and those of ``optional`` that exist) of an .npz file, never unpickled, or a
+    :class:`DataError` naming the file: a text, truncated or object-array file is refused in one line, and missing
+    keys are listed with the ones present."""
     import zipfile
 
     try:
@@ -23,7 +24,7 @@ def read_npz(path, keys) -> dict[str, np.ndarray]:
             missing = [k for k in keys if k not in npz.files]
             if missing:
                 raise DataError(f"{path}: missing key(s) {missing}; the file has {sorted(npz.files)}")
-            return {k: np.asarray(npz[k]) for k in keys}
+            return {k: np.asarray(npz[k]) for k in [*keys, *(k for k in optional if k in npz.files)]}
     except DataError:
         raise
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:

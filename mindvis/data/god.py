@@ -1,8 +1,10 @@
 """GOD (Kamitani Generic Object Decoding) fMRI in the MinD-Vis release layout.
 
 ``<root>/sbj_N.npz`` holds ``arr_0`` (train trials, voxels), ``arr_1`` (test trials, voxels),
-``arr_2`` (test averaged over repetitions, voxels), ``arr_3`` (train trial -> image index) and
-boolean ROI masks over the voxel columns (``V1`` ... ``VC``).
+``arr_2`` (test averaged over repetitions, voxels), ``arr_3`` (train trial -> image index), optionally ``arr_4``
+(test trial -> test image index, as the release written by the SelfSuperReconst preparation and mindvis-prep) and
+boolean ROI masks over the voxel columns (``V1`` ... ``VC``). Without ``arr_4`` the test trials are taken in the
+documented order: repetition after repetition of all test images (image ``i % n_test`` for row ``i``).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class GODSubjectFMRI:
     test_avg: np.ndarray  # (N_test, V)
     test_trials: np.ndarray  # (N_test * repeats, V)
     train_image_index: np.ndarray  # (N_train,)
+    test_trial_image_index: np.ndarray  # (N_test * repeats,) test image of each row of test_trials
 
 
 def load_god_subject(root: str | os.PathLike, subject: str, roi: str = "VC") -> GODSubjectFMRI:
@@ -35,8 +38,7 @@ def load_god_subject(root: str | os.PathLike, subject: str, roi: str = "VC") -> 
     if not path.is_file():
         have = sorted(p.stem for p in Path(root).glob("sbj_*.npz"))
         raise DataError(f"GOD subject file not found: {path} (subjects present: {have})")
-    need = ["arr_0", "arr_1", "arr_2", "arr_3"]
-    arrays = read_npz(path, need + [roi])
+    arrays = read_npz(path, ["arr_0", "arr_1", "arr_2", "arr_3", roi], optional=["arr_4"])
     mask = arrays.pop(roi)
     if mask.dtype != bool or mask.ndim != 1:
         raise DataError(f"{path}: ROI {roi!r} must be a 1-D boolean mask, got {mask.dtype} {mask.shape}")
@@ -51,10 +53,27 @@ def load_god_subject(root: str | os.PathLike, subject: str, roi: str = "VC") -> 
         raise DataError(f"{path}: arr_3 has {len(arrays['arr_3'])} image indices for {len(arrays['arr_0'])} train trials")
     if not mask.any():
         raise DataError(f"{path}: ROI {roi!r} selects no voxels")
+    n_trials, n_test = len(arrays["arr_1"]), len(arrays["arr_2"])
+    if "arr_4" in arrays:
+        test_index = arrays["arr_4"].astype(np.int64)
+        if test_index.shape != (n_trials,):
+            raise DataError(f"{path}: arr_4 has shape {test_index.shape}, expected one test image index per arr_1 "
+                            f"row ({n_trials},)")
+        if test_index.min(initial=0) < 0 or test_index.max(initial=-1) >= n_test:
+            raise DataError(f"{path}: arr_4 indexes test images outside [0, {n_test})")
+    else:  # the documented order: repetition after repetition of all test images
+        if n_test == 0 or n_trials % n_test:
+            raise DataError(f"{path}: {n_trials} test trials (arr_1) are not whole repetitions of the {n_test} test "
+                            "images (arr_2), and there is no arr_4 saying which image each trial shows")
+        test_index = np.arange(n_trials) % n_test
+    counts = np.bincount(test_index, minlength=n_test)
+    if n_trials and len(set(counts.tolist())) != 1:
+        raise DataError(f"{path}: test images have unequal numbers of trials ({counts.min()} to {counts.max()})")
     out = {k: arrays[k][:, mask].astype(np.float32) for k in ("arr_0", "arr_1", "arr_2")}
     for k, a in out.items():
         check_finite(a, f"{path} {k} ({roi})")
-    return GODSubjectFMRI(subject, out["arr_0"], out["arr_2"], out["arr_1"], arrays["arr_3"].astype(np.int64))
+    return GODSubjectFMRI(subject, out["arr_0"], out["arr_2"], out["arr_1"], arrays["arr_3"].astype(np.int64),
+                          test_index)
 
 
 def god_fmri(root, subjects=("sbj_3",), roi: str = "VC", patch_size: int = 16, pad_mode: str = "exact",

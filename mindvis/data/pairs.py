@@ -112,11 +112,13 @@ def god_pairs(root: str | os.PathLike, subjects=("sbj_3",), roi: str = "VC", pat
                                   ["god"] * len(idx)))
         test_fmri, test_idx = [normalize(d.test_avg, mean, std)[0]], list(range(len(test_images)))
         row_ids = list(test_ids)
-        if include_test_trials:
-            reps = len(d.test_trials) // len(test_images)
+        if include_test_trials:  # each trial paired with its own image (arr_4, or the documented order)
             test_fmri.append(normalize(d.test_trials, mean, std)[0])
-            test_idx += list(range(len(test_images))) * reps
-            row_ids += [single_trial_id(test_ids[i], r) for r in range(reps) for i in range(len(test_images))]
+            test_idx += d.test_trial_image_index.tolist()
+            seen: dict[int, int] = {}
+            for i in d.test_trial_image_index.tolist():
+                row_ids.append(single_trial_id(test_ids[i], seen.setdefault(i, 0)))
+                seen[i] += 1
         test_idx = np.array(test_idx)
         tests.append(PairedSplit(pad_to_patch_size(np.concatenate(test_fmri), patch_size, pad_mode),
                                  test_images[test_idx], np.array([_label(test_ids[i], syn) for i in test_idx]),

@@ -430,8 +430,9 @@ class SyntheticWorld:
                 other = c.god_other_voxels  # non-visual voxels: noise only, outside every ROI
                 pad = lambda a: np.concatenate([a, rng.normal(0, 1, (len(a), other)).astype(np.float32)], 1)
                 masks = _roi_masks(brain, other)
+                test_index = np.tile(np.arange(len(test_imgs)), c.test_repeats)  # arr_4: image of each arr_1 row
                 np.savez(tmp / f"sbj_{s + 1}.npz", arr_0=pad(train), arr_1=pad(reps), arr_2=pad(avg),
-                         arr_3=order, **masks)
+                         arr_3=order, arr_4=test_index, **masks)
             _write_meta(tmp, "god", c)
 
         return atomic_dir(root, fill)
