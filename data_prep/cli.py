@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--labels", help="HCP-MMP1.0 parcellation as a CIFTI-2 dlabel file on the same surfaces")
     h.add_argument("--pattern", default=None, help="glob of a subject's runs relative to its folder "
                    "(default: MNINonLinear/Results/rfMRI_REST*/rfMRI_REST*_Atlas_MSMAll.dtseries.nii)")
+    h.add_argument("--runs", choices=["one", "all"], default="one",
+                   help="runs per subject: one (default, as the original pipeline: REST1_LR if present, else the "
+                        "first) or all (concatenated)")
+    h.add_argument("--fix-clean", action="store_true",
+                   help="read the ICA-FIX cleaned runs (*_Atlas_MSMAll_hp2000_clean.dtseries.nii) instead")
+    h.add_argument("--include-7t", action="store_true",
+                   help="also take 7T runs (TR 1.0 s; left out by default, the 3T release has TR 0.72 s)")
     h.add_argument("--subjects", nargs="*", help="only these subjects (default: every folder)")
     h.add_argument("--atlas", help="volumetric input: an integer atlas NIfTI on the runs' grid (with --atlas-labels)")
     h.add_argument("--atlas-labels", nargs="*", metavar="ROI=v[,v]", help="atlas values of V1..V4, e.g. V1=1,2")
@@ -66,10 +73,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.dataset == "hcp":
-            from .hcp import DEFAULT_PATTERN, prepare_hcp
+            from .hcp import DEFAULT_PATTERN, FIX_CLEAN_PATTERN, prepare_hcp
 
-            out = prepare_hcp(args.input, args.out, args.labels, args.pattern or DEFAULT_PATTERN, args.subjects,
-                              args.atlas, _atlas_values(args.atlas_labels), progress=tqdm)
+            pattern = args.pattern or (FIX_CLEAN_PATTERN if args.fix_clean else DEFAULT_PATTERN)
+            out = prepare_hcp(args.input, args.out, args.labels, pattern, args.subjects, args.atlas,
+                              _atlas_values(args.atlas_labels), progress=tqdm, runs=args.runs,
+                              include_7t=args.include_7t)
         elif args.dataset == "god":
             from .god import prepare_god
 

@@ -21,6 +21,22 @@ from mindvis.data.hcp import HCP_FILE, HCP_ROIS
 from .common import done, item_record, load_image, require_file, write_item, write_meta
 
 DEFAULT_PATTERN = "MNINonLinear/Results/rfMRI_REST*/rfMRI_REST*_Atlas_MSMAll.dtseries.nii"
+FIX_CLEAN_PATTERN = "MNINonLinear/Results/rfMRI_REST*/rfMRI_REST*_Atlas_MSMAll_hp2000_clean.dtseries.nii"
+RUN_MODES = ("one", "all")
+PREFERRED_RUN = "REST1_LR"
+
+
+def select_runs(runs: list[Path], mode: str = "one", include_7t: bool = False) -> list[Path]:
+    """The runs of one subject to prepare. ``one`` (the original pipeline: one 1,200-frame run per subject, which is
+    how ~136k windows come from ~1,200 subjects): ``REST1_LR`` if present, else the first; ``all``: every run in
+    name order. 7T runs (TR 1.0 s, not the 3T release's 0.72 s) are left out unless ``include_7t``."""
+    if mode not in RUN_MODES:
+        raise DataError(f"runs must be one of {RUN_MODES}, got {mode!r}")
+    runs = sorted(r for r in runs if include_7t or "7T" not in r.name)
+    if mode == "one" and runs:
+        preferred = [r for r in runs if PREFERRED_RUN in r.name]
+        return (preferred or runs)[:1]
+    return runs
 
 
 def _load_cifti(path: Path):
@@ -103,8 +119,10 @@ def read_volume_rois(run: Path, atlas: Path, atlas_values: dict[str, list[int]],
 
 def prepare_hcp(input_root: str | Path, out: str | Path, labels: str | Path | None = None,
                 pattern: str = DEFAULT_PATTERN, subjects: list[str] | None = None, atlas: str | Path | None = None,
-                atlas_values: dict[str, list[int]] | None = None, progress=None) -> Path:
-    """Prepare every subject under ``input_root`` (folders whose runs match ``pattern``) into ``out``.
+                atlas_values: dict[str, list[int]] | None = None, progress=None, runs: str = "one",
+                include_7t: bool = False) -> Path:
+    """Prepare every subject under ``input_root`` (folders whose runs match ``pattern``; which of them:
+    :func:`select_runs`) into ``out``.
 
     Finished subjects are skipped; each is written to a temporary folder and renamed, so an
     interrupted preparation resumes without redoing or corrupting anything.
@@ -123,11 +141,13 @@ def prepare_hcp(input_root: str | Path, out: str | Path, labels: str | Path | No
         if done(dst):
             items[s] = item_record(dst)
             continue
-        runs = sorted((input_root / s).glob(pattern))
-        if not runs:
-            raise DataError(f"subject {s}: no run matches {pattern!r} under {input_root / s}")
+        found = sorted((input_root / s).glob(pattern))
+        chosen = select_runs(found, runs, include_7t)
+        if not chosen:
+            raise DataError(f"subject {s}: no {'' if include_7t else '3T '}run matches {pattern!r} under "
+                            f"{input_root / s}" + (f" (7T runs left out: {[r.name for r in found]})" if found else ""))
         parts = []
-        for run in runs:
+        for run in chosen:
             if atlas is not None:
                 parts.append(read_volume_rois(run, require_file(Path(atlas), "atlas"), atlas_values or {}))
             else:
@@ -138,15 +158,16 @@ def prepare_hcp(input_root: str | Path, out: str | Path, labels: str | Path | No
         for r, x in rois.items():
             check_finite(x, f"subject {s} {r}")
 
-        def fill(tmp: Path, rois=rois, runs=runs):
+        def fill(tmp: Path, rois=rois, chosen=chosen):
             np.savez(tmp / HCP_FILE, **rois)
             for r, x in rois.items():  # the memory-mappable form
                 np.save(tmp / f"{r}.npy", x)
-            return {"runs": [str(r) for r in runs], "frames": int(rois["V1"].shape[0]),
+            return {"runs": [str(r) for r in chosen], "frames": int(rois["V1"].shape[0]),
                     "voxels": {r: int(x.shape[1]) for r, x in rois.items()},
                     "mean": float(np.mean([x.mean() for x in rois.values()])),
                     "std": float(np.sqrt(np.mean([x.var() for x in rois.values()])))}
 
         items[s] = write_item(dst, fill)
-    write_meta(out, "hcp", sources, items, {"pattern": pattern, "rois": list(HCP_ROIS), "tr_s": 0.72})
+    write_meta(out, "hcp", sources, items, {"pattern": pattern, "runs": runs, "include_7t": include_7t,
+                                            "rois": list(HCP_ROIS), "tr_s": 0.72})
     return out

@@ -251,3 +251,32 @@ def test_bold5000_from_nifti(tmp_path, capsys):
     assert prep_main(["bold5000", "--betas", f"CSI1={tmp_path}/CSI1_ses-*.nii.gz", "--masks", f"CSI1={bad_masks}",
                       "--stimuli", str(st), "--out", str(tmp_path / "z")]) == 2
     assert "CSI1_mask-LHLOC.nii.gz: not a readable NIfTI file" in capsys.readouterr().err
+
+
+def test_hcp_runs_per_subject_fix_clean_and_7t(hcp_raw, tmp_path):
+    raw, labels = hcp_raw
+    rng = np.random.default_rng(3)
+    sub = raw / "100206" / "MNINonLinear" / "Results"
+    for name, value in (("rfMRI_REST1_RL", 101.0), ("rfMRI_REST2_LR", 102.0), ("rfMRI_REST1_7T_PA", 107.0)):
+        data = rng.normal(size=(30, 18)).astype(np.float32)
+        data[:, 0] = value
+        _cifti_run(sub / name / f"{name}_Atlas_MSMAll.dtseries.nii", data, np.arange(10), np.arange(8))
+    clean = rng.normal(size=(30, 18)).astype(np.float32)
+    clean[:, 0] = -5.0
+    _cifti_run(sub / "rfMRI_REST1_LR" / "rfMRI_REST1_LR_Atlas_MSMAll_hp2000_clean.dtseries.nii", clean,
+               np.arange(10), np.arange(8))
+    one = prepare_hcp(raw, tmp_path / "one", labels, subjects=["100206"])  # default: REST1_LR alone
+    with np.load(one / "100206" / "HCP_visual_voxel.npz") as z:
+        np.testing.assert_array_equal(z["V1"][:, 0], np.arange(30))
+    meta = json.loads((one / "meta.json").read_text())
+    assert [p.split("/")[-2] for p in meta["items"]["100206"]["runs"]] == ["rfMRI_REST1_LR"]
+    every = prepare_hcp(raw, tmp_path / "all", labels, subjects=["100206"], runs="all")  # 3T runs only
+    with np.load(every / "100206" / "HCP_visual_voxel.npz") as z:
+        assert z["V1"].shape[0] == 90 and 107.0 not in set(z["V1"][:, 0].tolist())
+    with_7t = prepare_hcp(raw, tmp_path / "7t", labels, subjects=["100206"], runs="all", include_7t=True)
+    with np.load(with_7t / "100206" / "HCP_visual_voxel.npz") as z:
+        assert z["V1"].shape[0] == 120
+    assert prep_main(["hcp", "--input", str(raw), "--labels", str(labels), "--subjects", "100206", "--fix-clean",
+                      "--out", str(tmp_path / "clean")]) == 0
+    with np.load(tmp_path / "clean" / "100206" / "HCP_visual_voxel.npz") as z:
+        np.testing.assert_array_equal(z["V1"][:, 0], np.full(30, -5.0))
