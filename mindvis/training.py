@@ -3,6 +3,7 @@ logging. Every epoch reseeds from (seed, epoch, process) and the sampler shuffle
 so a run resumed from a checkpoint repeats the uninterrupted run exactly."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -132,6 +133,19 @@ def load_training_state(path: Path) -> dict:
 
 
 _run_logger: logging.Logger | None = None  # the logger of the run this process started last (for its failure)
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+class RunLogHandler(logging.FileHandler):
+    """``train.log``: a write that fails (full or read-only disk) is reported once on stderr, not per record."""
+
+    failed = False
+
+    def handleError(self, record) -> None:
+        if not self.failed:
+            self.failed = True
+            print(f"warning: cannot write to {self.baseFilename}: {sys.exc_info()[1]}; the log goes to stderr only",
+                  file=sys.stderr)
 
 
 def setup_logging(name: str, run_dir: Path, main: bool) -> logging.Logger:
@@ -141,7 +155,7 @@ def setup_logging(name: str, run_dir: Path, main: bool) -> logging.Logger:
     log.setLevel(logging.INFO if main else logging.WARNING)
     log.propagate = False
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    handlers = [logging.StreamHandler(sys.stderr)] + ([logging.FileHandler(run_dir / "train.log")] if main else [])
+    handlers = [logging.StreamHandler(sys.stderr)] + ([RunLogHandler(run_dir / "train.log")] if main else [])
     for h in handlers:
         h.setFormatter(fmt)
         log.addHandler(h)
@@ -196,7 +210,7 @@ def _report_failure(message: str) -> None:
     """On stderr, and in the run's train.log when the run folder exists already."""
     print(message, file=sys.stderr)
     for h in _run_logger.handlers if _run_logger else []:
-        if isinstance(h, logging.FileHandler):
+        if isinstance(h, RunLogHandler) and not h.failed:
             h.emit(logging.LogRecord(_run_logger.name, logging.ERROR, "", 0, message, None, None))
 
 
@@ -223,4 +237,10 @@ def run_training_command(prog: str, args, resolve, train, errors: tuple = ()) ->
     except NonFiniteLossError as e:
         _report_failure(f"{prog}: training stopped: {e}")
         return 1
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        _report_failure(f"{prog}: error: cannot write to {e.filename or 'the output folder'}: {e.strerror}; "
+                        "checkpoints written before stay intact")
+        return 2
     return 0

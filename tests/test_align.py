@@ -228,3 +228,26 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, cache_dir, tiny_worl
     capsys.readouterr()
     assert main(["--resume", str(part)]) == 2
     assert "has no intact checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_clear_error(tmp_path, cache_dir, tiny_world, capsys,
+                                                                     monkeypatch):
+    import errno
+
+    from mindvis import training
+
+    rc, run_dir = run(tmp_path, cache_dir, "full-disk", "--decoder", "mlp", "train.epochs=2")
+    assert rc == 0
+    real = training.atomic_dir
+
+    def full_disk(path, fill):  # the disk fills up at the next checkpoint
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(training, "atomic_dir", full_disk)
+    capsys.readouterr()
+    rc, _ = run(tmp_path, cache_dir, "full-disk", "--decoder", "mlp", "train.epochs=2")
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot write to" in err and "No space left on device" in err and "Traceback" not in err
+    assert "Logging error" not in err
+    monkeypatch.setattr(training, "atomic_dir", real)
+    assert (run_dir / "checkpoints" / "epoch-0002" / "model" / "model.safetensors").is_file()  # earlier one intact
