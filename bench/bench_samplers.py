@@ -46,14 +46,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=50, help="images denoised at once (the same for every setting)")
     p.add_argument("--out", default="bench/results/samplers_val.md")
     p.add_argument("--paper-size", action="store_true", help="time the paper-size architecture (random weights)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (timings on a GPU machine)")
     args = p.parse_args()
     if args.paper_size:
         return paper_size(args)
     if not args.model:
         p.error("--model is required (or --paper-size)")
     model_dir = resolve_model_dir(args.model)
-    pipe = MindVisPipeline.from_pretrained(model_dir)
+    pipe = MindVisPipeline.from_pretrained(model_dir, args.device)
     split, world = split_from_run(model_dir, args.split)
     truth = torch.from_numpy(_truth_images(split, pipe.model.image_size)).permute(0, 3, 1, 2).float() / 255
     classifier = load_classifier("synthetic", world_cfg=SyntheticWorldConfig(**world), image_size=truth.shape[-1])
@@ -79,7 +79,7 @@ def main() -> None:
                     f"{agg['pcc_id'][0]:.3f} ± {agg['pcc_id'][1]:.3f} |")
         print(rows[-1], flush=True)
     head = [f"# Sampling settings on the {args.split} split ({len(fmri)} fMRI x {args.num_samples} samples; "
-            f"{device_label('cpu')}; torch {torch.__version__}; batch {args.batch_size})", "",
+            f"{device_label(args.device)}; torch {torch.__version__}; batch {args.batch_size})", "",
             f"Model: {model_dir}. Mean over seeds {args.seeds} of the starting noise ± std over seeds. Chance: 50-way "
             "2 %, identification 0.5.", "",
             "| scheduler | steps | precision | s / image | speed-up | 50-way top-1 | PCC identification |",
