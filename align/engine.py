@@ -28,8 +28,9 @@ from mindvis.evaluation.retrieval import (cosine_similarity, embedding_correlati
 from mindvis.finetune.data import build_stage_b_data
 from mindvis.models.brain_decoders import MBMDecoder, MBMDecoderConfig, MindEyeMLP, MLPConfig
 from mindvis.models.image_embedders import cached_embeddings, load_embedder, valid_target
+from mindvis.models.persistence import read_json
 from mindvis.models.ridge import RidgeConfig, RidgeDecoder
-from mindvis.training import (STATE_NAME, check_finite_loss, decay_groups, load_resume_checkpoint, lr_at,
+from mindvis.training import (STATE_NAME, EpochShuffleSampler, check_finite_loss, decay_groups, load_resume_checkpoint, lr_at,
                               save_training_state, seed_epoch, start_run, write_checkpoint)
 from mindvis.utils.io import atomic_dir, atomic_write, atomic_write_json, atomic_write_text
 from mindvis.utils.plots import plot_loss_curves, save_image_grid
@@ -109,15 +110,16 @@ def embed_images(cfg: DictConfig, images: dict[str, np.ndarray]) -> dict[str, np
 
 
 # ----------------------------------------------------------------------------- decoders
-def build_decoder(cfg: DictConfig, num_voxels: int, dim: int):
+def build_decoder(cfg: DictConfig, num_voxels: int, dim: int, stage_a: tuple | None = None):
+    """The MLP, or the SC-MBM decoder around ``stage_a`` (architecture, weights) from ``load_encoder``."""
     d = cfg.decoder
     if d.name == "mlp":
         return MindEyeMLP(MLPConfig(num_voxels, dim, d.hidden, d.blocks, d.input_dropout, d.block_dropout,
                                     d.projector_hidden))
     if d.name == "mbm":
-        from mindvis.finetune.engine import build_encoder, load_encoder
+        from mindvis.finetune.engine import build_encoder
 
-        encoder = build_encoder(num_voxels, *load_encoder(d.encoder, d.encoder_variant, "decoder.encoder"))
+        encoder = build_encoder(num_voxels, *stage_a)
         return MBMDecoder(MBMDecoderConfig(asdict(encoder.config), dim, d.projector_hidden, d.pool, d.token_dim,
                                            {"encoder": d.encoder}), encoder)
     raise ValueError(f"{d.name} is not trained by gradient descent")
@@ -125,13 +127,11 @@ def build_decoder(cfg: DictConfig, num_voxels: int, dim: int):
 
 def load_decoder(folder: str | Path):
     """A saved decoder of any kind (``model/`` or ``best/`` of an align run)."""
-    import json
-
     folder = Path(folder)
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{folder} is not a saved decoder (config.json is missing)")
-    name = json.loads(cfg_file.read_text()).get("class")
+    name = read_json(cfg_file).get("class")
     if name not in DECODER_CLASSES:
         raise DataError(f"{cfg_file}: unknown decoder class {name!r}; expected one of {sorted(DECODER_CLASSES)}")
     return DECODER_CLASSES[name].from_pretrained(folder)
@@ -211,11 +211,13 @@ def train_decoder(cfg: DictConfig, model, train_x: np.ndarray, train_y: np.ndarr
     sign = 1.0 if tc.select_metric == "val_loss" else -1.0
     if tc.tracker != "none":
         accelerator.init_trackers("mindvis-align", config=to_plain(cfg))
+    sampler = EpochShuffleSampler(n, tc.seed)
     t0 = time.time()
     for epoch in tqdm(range(start_epoch, tc.epochs), desc="align", disable=not main, initial=start_epoch,
                       total=tc.epochs):
         seed_epoch(tc.seed, epoch, accelerator.process_index)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch))
+        sampler.set_epoch(epoch)
+        perm = torch.tensor(list(sampler))
         name = mindeye_schedule(epoch / tc.epochs, lo.mixup_fraction) if lo.contrastive == "mindeye" else lo.contrastive
         model.train()
         losses = []
@@ -348,12 +350,12 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
     validate(cfg)
     tc = cfg.train
     accelerator, run_dir, main = start_run(tc, cfg.output_dir, resume, run_name, "mindvis.align")
-    patch = 16
-    if cfg.decoder.name == "mbm" and cfg.decoder.encoder != "random":
+    stage_a = None  # the SC-MBM encoder (architecture, weights), read once
+    if cfg.decoder.name == "mbm":
         from mindvis.finetune.engine import load_encoder
 
-        patch = load_encoder(cfg.decoder.encoder, cfg.decoder.encoder_variant, "decoder.encoder")[0].patch_size
-    data = build_stage_b_data(cfg.data, patch, tc.seed)
+        stage_a = load_encoder(cfg.decoder.encoder, cfg.decoder.encoder_variant, "decoder.encoder")
+    data = build_stage_b_data(cfg.data, stage_a[0].patch_size if stage_a else 16, tc.seed)
     test, trials = split_test_trials(data.test)
     log.info("data: %s", data.description)
     if main:
@@ -377,7 +379,7 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
             model.save_pretrained(run_dir / "model")
     else:
         torch.manual_seed(tc.seed)  # the initialisation does not depend on what ran before (e.g. a cached target)
-        model = build_decoder(cfg, data.num_voxels, dim)
+        model = build_decoder(cfg, data.num_voxels, dim, stage_a)
         log.info("decoder %s: %.2fM parameters", cfg.decoder.name, sum(p.numel() for p in model.parameters()) / 1e6)
         model, history, best = train_decoder(cfg, model, data.train.fmri, emb["train"], data.val.fmri, emb["val"],
                                              accelerator, run_dir, main, bool(resume))
