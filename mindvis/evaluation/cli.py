@@ -5,10 +5,8 @@ import argparse
 import json
 import logging
 import sys
-import zipfile
 from pathlib import Path
 
-import numpy as np
 from omegaconf import OmegaConf
 
 from .classifiers import ClassifierUnavailable, load_classifier
@@ -43,11 +41,9 @@ def main(argv=None) -> int:
     from ..data.synthetic import SyntheticWorldConfig
 
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "ground_truth" not in z.files:
-                raise DataError(f"{path} has no ground_truth (samples of an fMRI file cannot be scored)")
-            keys = ["samples", "ground_truth"] + (["meta"] if "meta" in z.files else [])
-        arrays = read_npz(path, keys)
+        arrays = read_npz(path, ["samples"], optional=["ground_truth", "meta"])
+        if "ground_truth" not in arrays:
+            raise DataError(f"{path} has no ground_truth (samples of an fMRI file cannot be scored)")
         samples, truth = to_float_images(arrays["samples"]), to_float_images(arrays["ground_truth"])
         meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
         world = meta.get("synthetic_world")
@@ -59,10 +55,6 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"mindvis-eval: error: {path}: its synthetic_world metadata does not fit this mindvis ({e})",
               file=sys.stderr)
-        return 2
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        print(f"mindvis-eval: error: {path}: not a readable samples.npz ({type(e).__name__}: "
-              f"{str(e).splitlines()[0] if str(e) else ''})", file=sys.stderr)
         return 2
     name = args.classifier or ("synthetic" if world else "vit_h_14")
     classifier = None
