@@ -195,20 +195,18 @@ def sample_classes(prior: str | Path, class_ids, num_samples: int = 5, steps: in
                    batch_size: int = 64) -> torch.Tensor:
     """Images the prior draws for its own class labels: (N, num_samples, 3, H, W) in [0, 1]. Scored like
     reconstructions, they are the ceiling of what decoding through this prior can reach."""
-    from diffusers import UNet2DConditionModel, VQModel
     from safetensors.torch import load_file
 
-    from mindvis.pipelines.embedding_pipeline import sample_with_context
+    from mindvis.pipelines.embedding_pipeline import load_generator_parts, sample_with_context
     from mindvis.pipelines.mindvis_pipeline import make_scheduler
 
     prior = Path(prior)
     if not (prior / "class_embedder" / "model.safetensors").is_file():
         raise FileNotFoundError(f"{prior} is not a class-conditional prior written by mindvis-train-prior "
                                 "(no class_embedder/)")
-    unet = UNet2DConditionModel.from_pretrained(prior / "unet").eval()
-    vae = VQModel.from_pretrained(prior / "vae").eval()
+    unet, vae, scheduler_config = load_generator_parts(prior)
     table = load_file(prior / "class_embedder" / "model.safetensors")["weight"]
-    sched = make_scheduler("dpm++", json.loads((prior / "scheduler" / "scheduler_config.json").read_text()))
+    sched = make_scheduler("dpm++", scheduler_config)
     y = torch.as_tensor(np.asarray(class_ids)).long()
     if y.min() < 0 or y.max() >= len(table) - 1:
         raise ValueError(f"class ids must lie in [0, {len(table) - 1}) for {prior}")

@@ -41,6 +41,15 @@ def sample_with_context(unet, vae, sched, context: torch.Tensor, num_samples: in
     return images.view(n, num_samples, *images.shape[1:])
 
 
+def load_generator_parts(folder: str | os.PathLike):
+    """(unet, vae, scheduler config) of a prior folder written by ``mindvis-train-prior``, in eval mode."""
+    from diffusers import UNet2DConditionModel, VQModel
+
+    folder = Path(folder)
+    return (UNet2DConditionModel.from_pretrained(folder / "unet").eval(), VQModel.from_pretrained(folder / "vae").eval(),
+            json.loads((folder / "scheduler" / "scheduler_config.json").read_text()))
+
+
 class EmbeddingToImagePipeline:
     def __init__(self, unet, vae, conditioner: EmbeddingConditioner, scheduler_config: dict):
         self.unet, self.vae, self.conditioner = unet.eval(), vae.eval(), conditioner.eval()
@@ -48,15 +57,12 @@ class EmbeddingToImagePipeline:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "EmbeddingToImagePipeline":
-        from diffusers import UNet2DConditionModel, VQModel
-
         folder = Path(folder)
         if not (folder / "embedding_conditioner" / "config.json").is_file():
             raise FileNotFoundError(f"{folder} is not an embedding-conditioned generator (no embedding_conditioner/; "
                                     "train one with mindvis-train-prior --condition embedding)")
-        return cls(UNet2DConditionModel.from_pretrained(folder / "unet"), VQModel.from_pretrained(folder / "vae"),
-                   EmbeddingConditioner.from_pretrained(folder / "embedding_conditioner"),
-                   json.loads((folder / "scheduler" / "scheduler_config.json").read_text()))
+        unet, vae, scheduler_config = load_generator_parts(folder)
+        return cls(unet, vae, EmbeddingConditioner.from_pretrained(folder / "embedding_conditioner"), scheduler_config)
 
     @property
     def image_size(self) -> int:
