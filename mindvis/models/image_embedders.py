@@ -26,7 +26,6 @@ import torch.nn.functional as F
 log = logging.getLogger("mindvis.embeddings")
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 TARGET_KINDS = ("clip", "dinov2", "timm")  # with a source after the colon; or the bare "synthetic"
@@ -82,6 +81,8 @@ def clip_embedder(src: str) -> ImageEmbedder:
 
 def dinov2_embedder(src: str) -> ImageEmbedder:
     from transformers import AutoModel
+
+    from ..evaluation.classifiers import IMAGENET_MEAN, IMAGENET_STD
 
     model = _transformers_model(AutoModel, src, "DINOv2")
     return ImageEmbedder(f"dinov2:{src}", lambda x: model(pixel_values=x).pooler_output, 224,
