@@ -105,13 +105,18 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return out
 
 
+def folds_are_dual(n: int, v: int, folds: int) -> bool:
+    """Whether a fold's training rows (the smallest: n minus the largest held-out fold) are fewer than the voxels."""
+    return v > n - -(-n // folds)
+
+
 def cross_validate(x: np.ndarray, y: np.ndarray, alphas, folds: int = 5, shuffle_seed: int | None = None,
                    gram: np.ndarray | None = None) -> np.ndarray:
     """Mean held-out R^2 per (alpha, target): (len(alphas), T). ``gram``: x x^T, if already computed."""
     alphas = np.asarray(alphas, dtype=np.float64)
     scores = np.zeros((len(alphas), y.shape[1]))
     held_out = kfold_indices(len(x), folds, shuffle_seed)
-    if gram is None and x.shape[1] > len(x) - len(held_out[0]):
+    if gram is None and folds_are_dual(len(x), x.shape[1], folds):
         gram = x @ x.T
     for k, test in enumerate(tqdm(held_out, desc="ridge cross-validation", leave=False, disable=len(x) < 2000)):
         train = np.setdiff1d(np.arange(len(x)), test)
@@ -156,7 +161,7 @@ class RidgeDecoder(PretrainedMixin, nn.Module):
         alphas = np.asarray(config.alphas, dtype=np.float64)
         if (alphas <= 0).any():
             raise ValueError(f"ridge penalties must be positive, got {config.alphas}")
-        gram = x @ x.T if x.shape[1] > len(x) * (1 - 1 / config.folds) else None  # dual: contract voxels once
+        gram = x @ x.T if folds_are_dual(len(x), x.shape[1], config.folds) else None  # contract voxels once
         scores = cross_validate(x, y, alphas, config.folds, shuffle_seed, gram)
         if config.per_target:
             best = alphas[scores.argmax(0)]
@@ -164,11 +169,12 @@ class RidgeDecoder(PretrainedMixin, nn.Module):
             best = np.full(y.shape[1], alphas[scores.mean(1).argmax()])
         sp = _Spectral(x, y, gram)
         w = sp.coef(best)  # (V, T)
+        intercept = sp.y_mean - sp.x_mean @ w
         model = cls(config)
         model.weight.data = torch.from_numpy(np.ascontiguousarray(w.T)).float()
-        model.bias.data = torch.from_numpy(sp.y_mean - sp.x_mean @ w).float()
+        model.bias.data = torch.from_numpy(intercept).float()
         model.alpha = torch.from_numpy(best)
-        model.coef_, model.intercept_, model.cv_scores_ = w.T, sp.y_mean - sp.x_mean @ w, scores  # float64
+        model.coef_, model.intercept_, model.cv_scores_ = w.T, intercept, scores  # float64
         return model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
