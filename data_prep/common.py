@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from mindvis.data.fmri import DataError
+from mindvis.data.fmri import DataError, error_summary
 from mindvis.utils.io import atomic_dir, atomic_write_json
 
 
@@ -67,5 +67,4 @@ def load_image(path, what: str = "NIfTI"):
     try:
         return nib.load(str(path))
     except Exception as e:  # noqa: BLE001 - ImageFileError, OSError, EOFError, ValueError, ...
-        raise DataError(f"{path}: not a readable {what} file ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise DataError(f"{path}: not a readable {what} file ({error_summary(e)})") from None

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch.utils.data import Sampler
 
+from .data.fmri import error_summary
 from .utils.io import atomic_dir, atomic_write_text
 
 CHECKPOINTS = "checkpoints"
@@ -94,8 +95,7 @@ def load_resume_checkpoint(run_dir: str | Path, load_model: Callable[[Path], obj
         try:
             return ckpt, load_model(ckpt / "model"), load_training_state(ckpt / STATE_NAME)
         except Exception as e:  # noqa: BLE001 - a damaged file can fail in many ways; the next one is tried
-            log.warning("checkpoint %s is damaged and skipped (%s: %s)", ckpt, type(e).__name__,
-                        str(e).splitlines()[0] if str(e) else "")
+            log.warning("checkpoint %s is damaged and skipped (%s)", ckpt, error_summary(e))
     raise FileNotFoundError(f"{run_dir} has no intact checkpoint to resume from (tried "
                             f"{', '.join(c.name for c in candidates)})")
 

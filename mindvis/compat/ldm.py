@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ..data.fmri import error_summary
 from ..models.conditioner import ConditionerConfig, FMRIConditioner
 from .original import OriginalCheckpointError, load_original_checkpoint, mbm_config_from_original
 
@@ -31,8 +32,8 @@ def _load_compvis_config(folder: Path) -> dict:
     try:
         cfg = OmegaConf.to_container(OmegaConf.load(cfg_path))
     except Exception as e:  # noqa: BLE001 - yaml and OmegaConf raise many error types; nothing in the file runs
-        raise PriorFormatError(f"{cfg_path}: not a plain YAML config ({type(e).__name__}: "
-                               f"{str(e).splitlines()[0] if str(e) else ''}); python tags are not loaded") from None
+        raise PriorFormatError(f"{cfg_path}: not a plain YAML config ({error_summary(e)}); python tags are not "
+                               "loaded") from None
     try:
         cfg["model"]["params"]["unet_config"]["params"]
         cfg["model"]["params"]["first_stage_config"]["params"]["ddconfig"]

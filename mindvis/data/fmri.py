@@ -11,6 +11,12 @@ class DataError(ValueError):
     """Input data is missing or malformed; the message names the file, key and what was expected."""
 
 
+def error_summary(e: BaseException) -> str:
+    """``Type: first line of the message`` of an error raised by a reader, for one-line messages."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def read_npz(path, keys, optional=()) -> dict[str, np.ndarray]:
     """The arrays ``keys`` (and those of ``optional`` that exist) of an .npz file, never unpickled, or a
     :class:`DataError` naming the file: a text, truncated or object-array file is refused in one line, and missing

@@ -129,7 +129,7 @@ class DCLDM(nn.Module):
         missing = [p for p in (INDEX_NAME, "unet", "vae", "conditioner", "scheduler") if not (folder / p).exists()]
         if missing:
             raise FileNotFoundError(f"{folder} is not a saved DC-LDM: missing {missing}")
-        from ..data.fmri import DataError
+        from ..data.fmri import DataError, error_summary
         from .persistence import read_json
 
         index = read_json(folder / INDEX_NAME)
@@ -141,8 +141,7 @@ class DCLDM(nn.Module):
             try:
                 return cls.from_pretrained(folder / name)
             except Exception as e:  # noqa: BLE001 - diffusers and safetensors raise many error types
-                raise DataError(f"{folder / name}: corrupt or unreadable component ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                raise DataError(f"{folder / name}: corrupt or unreadable component ({error_summary(e)})") from None
 
         unet = component(UNet2DConditionModel, "unet")
         vae = component(vae_classes()[index["vae"]], "vae")

@@ -14,13 +14,12 @@ def read_safetensors(path) -> dict:
     """The tensors of a ``.safetensors`` file, or a DataError naming the file when it is truncated or corrupt."""
     from safetensors.torch import load_file
 
-    from ..data.fmri import DataError
+    from ..data.fmri import DataError, error_summary
 
     try:
         return load_file(path)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-        raise DataError(f"{path}: corrupt or truncated safetensors file ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+        raise DataError(f"{path}: corrupt or truncated safetensors file ({error_summary(e)})") from None
 
 
 def read_json(path) -> dict:

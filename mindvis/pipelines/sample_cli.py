@@ -12,7 +12,7 @@ import torch
 
 from ..compat.ldm import PriorFormatError
 from ..config import ConfigError
-from ..data.fmri import DataError
+from ..data.fmri import DataError, error_summary
 from ..utils.io import atomic_write, atomic_write_json
 from ..utils.plots import save_image_grid
 from .mindvis_pipeline import PRECISIONS, SCHEDULERS, MindVisPipeline
@@ -56,8 +56,7 @@ def read_fmri_file(path: str | Path) -> np.ndarray:
     except DataError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, TypeError) as e:
-        raise DataError(f"{path}: not a readable {path.suffix} file ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise DataError(f"{path}: not a readable {path.suffix} file ({error_summary(e)})") from None
     x = np.asarray(x)
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise DataError(f"{path}: fMRI must be numbers, got an array of {x.dtype}")
