@@ -56,8 +56,37 @@ def test_pairwise_matrices_equal_direct_computation():
     ssim = pairwise_ssim(a, b)
     ref = structural_similarity(a[3].permute(1, 2, 0).numpy(), b[2].permute(1, 2, 0).numpy(), data_range=1,
                                 channel_axis=-1)
-    assert ssim.shape == (4, 5) and abs(ssim[3, 2].item() - ref) < 1e-5  # scikit-image's default SSIM
+    assert ssim.shape == (4, 5) and abs(ssim[3, 2].item() - ref) < 1e-6  # scikit-image's default SSIM
     assert torch.allclose(pairwise_ssim(a, a).diag(), torch.ones(4))
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_ssim_kernels_equal_scikit_image(compile):
+    from skimage.metrics import structural_similarity
+
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.rand(3, 3, 40, 36, generator=g), torch.rand(4, 3, 40, 36, generator=g)
+    b[1] = (a[0] + 0.1 * b[1]).clamp(0, 1)  # a similar pair, where the cross term dominates
+    ssim = pairwise_ssim(a, b, compile=compile)
+    ref = torch.tensor([[structural_similarity(x.permute(1, 2, 0).double().numpy(), y.permute(1, 2, 0).double().numpy(),
+                                               data_range=1, channel_axis=-1) for y in b] for x in a])
+    assert (ssim.double() - ref).abs().max() < 1e-6 and ssim[0, 1] > 0.5
+
+
+def test_ssim_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    from mindvis.evaluation import metrics
+
+    def broken(fn, **kw):
+        def run(*a):
+            raise RuntimeError("no C++ compiler found\nmore")
+        return run
+
+    monkeypatch.setattr(metrics, "_compiled_ssim_rows", None)
+    monkeypatch.setattr(torch, "compile", broken)
+    a = torch.rand(2, 3, 16, 16)
+    with pytest.warns(RuntimeWarning, match="compiled SSIM unavailable .RuntimeError: no C.. compiler found.; using"):
+        out = pairwise_ssim(a, a, compile=True)
+    assert torch.allclose(out, pairwise_ssim(a, a, compile=False)) and metrics._compiled_ssim_rows is False
 
 
 def test_lpips_pairs_equal_the_lpips_package():

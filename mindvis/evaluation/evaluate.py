@@ -105,25 +105,20 @@ def evaluate(samples: torch.Tensor, ground_truth: torch.Tensor, classifier=None,
         if n < 2:
             report["skipped"][m] = "identification needs at least two test images"
             continue
-        scores = []
-        if m == "lpips":
+        every = samples.flatten(0, 1)  # (N K, 3, H, W): one call per metric, so ground-truth work is done once
+        if m == "mse":
+            sim, higher = pairwise_mse(every, ground_truth), False
+        elif m == "pcc":
+            sim, higher = pairwise_pcc(every, ground_truth), True
+        elif m == "ssim":
+            sim, higher = pairwise_ssim(every, ground_truth), True
+        else:
             feats, weights = lp
-            f_gt = feats(ground_truth)
-        for s in range(k):
-            rec = samples[:, s]
-            if m == "mse":
-                sim, higher = pairwise_mse(rec, ground_truth), False
-            elif m == "pcc":
-                sim, higher = pairwise_pcc(rec, ground_truth), True
-            elif m == "ssim":
-                sim, higher = pairwise_ssim(rec, ground_truth), True
-            else:
-                sim, higher = pairwise_feature_distance(feats(rec), f_gt, weights), False
-            scores.append(identification(sim, higher))
-            report["metrics"].setdefault(f"{m}_paired", []).append(float(sim.diagonal().mean()))
-        scores = torch.stack(scores, 1)  # (N, K)
+            sim, higher = pairwise_feature_distance(feats(every), feats(ground_truth), weights), False
+        sim = sim.view(n, k, n)  # (reconstruction, sample, ground truth)
+        scores = torch.stack([identification(sim[:, s], higher) for s in range(k)], 1)  # (N, K)
         report["metrics"][f"{m}_identification"] = _mean_std(scores.mean(1)) | {"chance": 0.5}
-        paired = torch.tensor(report["metrics"].pop(f"{m}_paired"))
+        paired = torch.stack([sim[:, s].diagonal().mean() for s in range(k)])  # per sample index
         report["metrics"][f"{m}"] = _mean_std(paired)
 
     if "fid" in metrics:
