@@ -17,10 +17,16 @@ def synth_main(argv=None) -> int:
         epilog="overrides: SyntheticWorldConfig fields as key=value, e.g. hcp_subjects=50 snr=0.5 god_subjects=5",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write HCP/, GOD/ and BOLD5000/ into")
-    p.add_argument("--parts", nargs="+", default=["hcp", "god", "bold5000"], choices=["hcp", "god", "bold5000"],
+    parts = ("hcp", "god", "bold5000")
+    p.add_argument("--parts", nargs="+", default=list(parts), metavar="{hcp,god,bold5000}",
                    help="which datasets to write (default: all)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="world settings (see the module docstring)")
     args = p.parse_args(argv)
+    # key=value after --parts belongs to the overrides (argparse alone would give it to --parts)
+    args.overrides += [a for a in args.parts if "=" in a]
+    args.parts = [a for a in args.parts if "=" not in a]
+    if not args.parts or any(a not in parts for a in args.parts):
+        p.error(f"argument --parts: choose from {', '.join(parts)} (got {' '.join(args.parts) or 'none'})")
     try:
         cfg = to_object(build_config(SyntheticWorldConfig, overrides=args.overrides))
         root = SyntheticWorld(cfg).write(args.out, args.parts)
@@ -32,8 +38,11 @@ def synth_main(argv=None) -> int:
 
 
 def convert_main(argv=None) -> int:
-    """Convert SC-MBM checkpoints between the original MinD-Vis .pth format and mindvis model folders."""
+    """Convert checkpoints between the original MinD-Vis .pth format and mindvis folders: SC-MBM (stage A) both ways,
+    and a released stage-B DC-LDM into a folder that mindvis-sample reads."""
+    from .compat.ldm import PriorFormatError
     from .compat.original import OriginalCheckpointError, export_original_mbm, load_original_mbm
+    from .config import ConfigError
     from .data.fmri import DataError
     from .models.sc_mbm import MaskedBrainModel
 
@@ -45,16 +54,37 @@ def convert_main(argv=None) -> int:
     b = sub.add_parser("to-original", help="mindvis model folder -> original stage-A .pth layout (plain-data config)")
     b.add_argument("src", help="mindvis model folder (config.json + model.safetensors) or a pretrain run folder")
     b.add_argument("dst", help="output .pth file")
+    c = sub.add_parser("from-original-stage-b", help="released stage-B finetuned.pth -> a run folder for mindvis-sample",
+                       description="Writes DST/model/ (the DC-LDM: unet, vae, conditioner, scheduler) and "
+                                   "DST/config.yaml (the dataset settings the checkpoint was trained with, so that "
+                                   "`mindvis-sample --model DST --split test` prepares the same test pairs).")
+    c.add_argument("src", help="the stage-B checkpoint (finetuned.pth); read with a restricted unpickler")
+    c.add_argument("dst", help="output folder")
+    c.add_argument("--ldm", required=True, metavar="DIR",
+                   help="the pretrained LDM folder it was fine-tuned from (label2img: config.yaml + model.ckpt); "
+                        "its config gives the UNet and autoencoder architecture")
+    c.add_argument("--encoder", metavar="PTH", help="the stage-A checkpoint (fmri_encoder.pth): the encoder's number "
+                                                    "of attention heads is read from it (the stage-B file lacks it)")
+    c.add_argument("--num-heads", type=int, help="the encoder's attention heads, when --encoder is not at hand "
+                                                 "(default: the paper's 16)")
+    c.add_argument("--data-path", metavar="DIR", help="the GOD folder (sbj_N.npz + images_256.npz); default: the "
+                                                      "checkpoint's kam_path, relative to the original repository")
+    c.add_argument("--bold5000-path", metavar="DIR", help="the BOLD5000 folder, for a BOLD5000 checkpoint")
     args = p.parse_args(argv)
     try:
         if args.cmd == "from-original":
             model, _ = load_original_mbm(args.src)
             model.save_pretrained(args.dst)
-        else:
+        elif args.cmd == "to-original":
             src = Path(args.src)
             model = MaskedBrainModel.from_pretrained(src / "model" if (src / "model").is_dir() else src)
             export_original_mbm(model, args.dst)
-    except (FileNotFoundError, OriginalCheckpointError, DataError) as e:
+        else:
+            from .compat.ldm import convert_original_stage_b
+
+            convert_original_stage_b(args.src, args.ldm, args.dst, args.encoder, args.num_heads, args.data_path,
+                                     args.bold5000_path)
+    except (FileNotFoundError, OriginalCheckpointError, DataError, PriorFormatError, ConfigError) as e:
         print(f"mindvis-convert: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.dst}")

@@ -264,3 +264,15 @@ def test_eval_refuses_bad_samples_files_in_one_line(finetuned, tmp_path, capsys)
         assert eval_main(["--samples", str(tmp_path / f"{name}.npz")]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and err.count("\n") == 1, (name, err)
+
+
+def test_vit_h_14_input_is_the_swag_weights_transform():
+    from torchvision.models import ViT_H_14_Weights
+
+    from mindvis.evaluation.classifiers import VIT_H_14_INPUT, ImageClassifier
+
+    y, x = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    img = torch.stack([0.3 + 0.4 * x, 0.5 + 0.2 * torch.sin(3 * y), 0.2 + 0.5 * x * y])[None]  # smooth: no overshoot
+    ours = ImageClassifier(torch.nn.Identity(), **VIT_H_14_INPUT).prepare(img)
+    ref = ViT_H_14_Weights.IMAGENET1K_SWAG_E2E_V1.transforms()(img)
+    assert ours.shape == ref.shape == (1, 3, 518, 518) and torch.allclose(ours, ref, atol=1e-4)

@@ -179,3 +179,63 @@ def load_original_stage_b(checkpoint: str | os.PathLike, ldm_folder: str | os.Pa
     conditioner = load_original_conditioner(sd, config, unet, mbm_config)
     return {"conditioner": conditioner.eval(), "unet": unet.eval(), "vae": vae.eval(), "scheduler_config": sched,
             "config": config}
+
+
+ORIGINAL_DATASETS = {"GOD": "god", "BOLD5000": "bold5000"}
+
+
+def original_stage_b_settings(config: dict, data_path: str | None = None,
+                              bold5000_path: str | None = None) -> dict:
+    """The ``mindvis-finetune`` settings (nested dict) a MinD-Vis stage-B ``config`` was trained with: dataset,
+    subjects, ROI, the original's padding, image size and training numbers, so that ``mindvis-sample --split``
+    prepares the same test pairs. ``data_path`` / ``bold5000_path`` replace the original's (repository-relative)
+    ``kam_path`` / ``bold5000_path``."""
+    name = config.get("dataset", "GOD")
+    if name not in ORIGINAL_DATASETS:
+        raise OriginalCheckpointError(f"the checkpoint's dataset {name!r} is not one of {sorted(ORIGINAL_DATASETS)}")
+    data = {"dataset": ORIGINAL_DATASETS[name], "path": str(data_path or config.get("kam_path", "")),
+            "bold5000_path": str(bold5000_path or config.get("bold5000_path", "")),
+            "roi": config.get("roi", "VC"), "pad_mode": "original", "val_fraction": 0.0,
+            "crop_ratio": float(config.get("crop_ratio", 0.2)), "image_size": int(config.get("img_size", 256))}
+    if config.get("kam_subs"):
+        data["subjects"] = list(config["kam_subs"])
+    if config.get("bold5000_subs"):
+        data["bold5000_subjects"] = list(config["bold5000_subs"])
+    train = {k: type_(config[o]) for k, o, type_ in (("seed", "seed", int), ("batch_size", "batch_size", int),
+                                                      ("lr", "lr", float), ("epochs", "num_epoch", int))
+             if config.get(o) is not None}
+    return {"model": {"global_pool": bool(config.get("global_pool", False)),
+                      "time_cond": bool(config.get("use_time_cond", True))},
+            "data": data, "train": train | {"sampler": "plms", "sample_steps": int(config.get("ddim_steps") or 250)}}
+
+
+def convert_original_stage_b(checkpoint: str | os.PathLike, ldm_folder: str | os.PathLike, out: str | os.PathLike,
+                             mbm_checkpoint: str | os.PathLike | None = None, num_heads: int | None = None,
+                             data_path: str | None = None, bold5000_path: str | None = None) -> Path:
+    """A released stage-B checkpoint as a mindvis run folder: ``out/model/`` (the DC-LDM) and ``out/config.yaml``
+    (:func:`original_stage_b_settings`), plus ``out/original_config.json`` (the checkpoint's own settings and
+    where it came from). Written atomically; an existing ``out`` is replaced only when the new one is complete."""
+    import json
+
+    from ..config import build_config, save_config
+    from ..finetune.config import FinetuneConfig, validate
+    from ..models.dc_ldm import DCLDM
+    from ..utils.io import atomic_dir
+
+    parts = load_original_stage_b(checkpoint, ldm_folder, mbm_checkpoint, num_heads)
+    given = {k: os.path.abspath(v) if v else None for k, v in (("ldm", ldm_folder), ("encoder", mbm_checkpoint),
+                                                                  ("data", data_path), ("bold5000", bold5000_path))}
+    settings = original_stage_b_settings(parts["config"], given["data"], given["bold5000"])
+    settings["model"] |= {"prior": given["ldm"], "encoder": given["encoder"] or ""}
+    cfg = build_config(FinetuneConfig, defaults=settings)
+    validate(cfg)
+    model = DCLDM(parts["unet"], parts["vae"], parts["conditioner"], parts["scheduler_config"])
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp / "model")
+        save_config(cfg, tmp / "config.yaml")
+        source = {"checkpoint": os.path.abspath(checkpoint), "ldm": given["ldm"], "encoder": given["encoder"]}
+        (tmp / "original_config.json").write_text(json.dumps({"source": source, "config": parts["config"]},
+                                                             indent=2, sort_keys=True, default=str) + "\n")
+
+    return atomic_dir(out, fill)

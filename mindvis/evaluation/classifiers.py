@@ -32,17 +32,19 @@ class ClassifierUnavailable(RuntimeError):
 class ImageClassifier(nn.Module):
     """Wraps a backbone with its input size and normalisation."""
 
-    def __init__(self, net: nn.Module, size: int, mean, std, features=None):
+    def __init__(self, net: nn.Module, size: int, mean, std, features=None, interpolation: str = "bilinear"):
         super().__init__()
-        self.net, self.size = net, size
+        self.net, self.size, self.interpolation = net, size, interpolation
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
         self._features = features
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-1] != self.size:
-            images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True,
+            images = F.interpolate(images, size=(self.size, self.size), mode=self.interpolation, antialias=True,
                                    align_corners=False)
+            if self.interpolation == "bicubic":  # as PIL, which the original resized with: no overshoot
+                images = images.clamp(0, 1)
         return (images - self.mean) / self.std
 
     @torch.no_grad()
@@ -59,6 +61,10 @@ class ImageClassifier(nn.Module):
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+#: what torchvision's ViT-H/14 SWAG weights (and so the MinD-Vis evaluation) feed the network
+VIT_H_14_INPUT = dict(size=518, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic")
 
 
 def _load_state(path: str) -> dict:
@@ -81,7 +87,7 @@ def vit_h_14(weights: str | None = None) -> ImageClassifier:
         except Exception as e:  # noqa: BLE001 - no network / no cache
             raise ClassifierUnavailable(f"ViT-H/14 ImageNet weights are not in torch's cache and cannot be downloaded "
                                         f"({type(e).__name__}); pass --classifier-weights FILE") from None
-    return ImageClassifier(net, 518, IMAGENET_MEAN, IMAGENET_STD)
+    return ImageClassifier(net, **VIT_H_14_INPUT)
 
 
 def timm_classifier(name: str, weights: str | None = None) -> ImageClassifier:

@@ -10,7 +10,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .classifiers import ClassifierUnavailable, load_classifier
-from .evaluate import PAIRWISE, evaluate, markdown_report, to_float_images, write_report
+from .evaluate import (DEFAULT_SETTINGS, PAIRWISE, PROTOCOLS, evaluate, markdown_report, protocol_deviations,
+                       to_float_images, write_report)
 
 
 def main(argv=None) -> int:
@@ -18,15 +19,21 @@ def main(argv=None) -> int:
                                 "classification and pair-wise identification (MSE, PCC, SSIM, LPIPS), FID. Writes "
                                 "eval.json and eval.md.")
     p.add_argument("--samples", required=True, help="samples.npz from mindvis-sample (or its folder)")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS),
+                   help="a published evaluation: paper = MinD-Vis (ViT-H/14 at 518 px, 50-way top-1 with 50 distractor "
+                        "draws per sample, mean over samples and best sample, pair-wise MSE/PCC/SSIM/LPIPS; samples "
+                        "should be 5 per fMRI from PLMS 250 steps in fp32). Every departure (in the samples' "
+                        "sampling or in flags given here) is listed in the report; without ViT-H weights the "
+                        "classification is reported skipped and the rest runs")
     p.add_argument("--classifier", default=None,
                    help="vit_h_14 (the paper's), timm:NAME, or synthetic (trained on the synthetic world once). "
                         "Default: synthetic for samples of a synthetic run, else vit_h_14")
     p.add_argument("--classifier-weights", metavar="FILE", help="local weights for vit_h_14 / timm classifiers")
-    p.add_argument("--n-way", type=int, default=50, help="classes per n-way trial (paper: 50)")
-    p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--trials", type=int, default=50, help="random draws of distractor classes per sample")
-    p.add_argument("--metrics", nargs="+", default=["nway", *PAIRWISE, "fid"],
-                   choices=["nway", *PAIRWISE, "fid"], help="which metrics (default: all)")
+    p.add_argument("--n-way", type=int, help="classes per n-way trial (default and paper: 50)")
+    p.add_argument("--top-k", type=int, help="top-k accuracy (default and paper: 1)")
+    p.add_argument("--trials", type=int, help="random draws of distractor classes per sample (default and paper: 50)")
+    p.add_argument("--metrics", nargs="+", choices=["nway", *PAIRWISE, "fid"],
+                   help="which metrics (default: all; with --protocol paper: nway mse pcc ssim lpips)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default: the samples' folder)")
     args = p.parse_args(argv)
@@ -56,19 +63,30 @@ def main(argv=None) -> int:
         print(f"mindvis-eval: error: {path}: its synthetic_world metadata does not fit this mindvis ({e})",
               file=sys.stderr)
         return 2
-    name = args.classifier or ("synthetic" if world else "vit_h_14")
-    classifier = None
+    base = PROTOCOLS[args.protocol] if args.protocol else DEFAULT_SETTINGS
+    chosen = {k: base[k] if getattr(args, k) is None else getattr(args, k) for k in DEFAULT_SETTINGS}
+    name = args.classifier or ("synthetic" if world and not args.protocol else "vit_h_14")
+    classifier, skipped = None, {}
     try:
-        if "nway" in args.metrics:
-            classifier = load_classifier(name, args.classifier_weights, world_cfg, image_size=truth.shape[-1])
-        report = evaluate(samples, truth, classifier, args.n_way, args.top_k, args.trials, args.metrics, args.seed)
-    except ClassifierUnavailable as e:
+        if "nway" in chosen["metrics"]:
+            try:
+                classifier = load_classifier(name, args.classifier_weights, world_cfg, image_size=truth.shape[-1])
+            except ClassifierUnavailable as e:
+                if args.classifier or args.classifier_weights or not args.protocol:
+                    raise  # a classifier the user named must load
+                skipped["nway"] = str(e)
+        report = evaluate(samples, truth, classifier, chosen["n_way"], chosen["top_k"], chosen["trials"],
+                          [m for m in chosen["metrics"] if m not in skipped], args.seed)
+    except (ClassifierUnavailable, ValueError) as e:
         print(f"mindvis-eval: error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:
-        print(f"mindvis-eval: error: {e}", file=sys.stderr)
-        return 2
+    report["skipped"] |= skipped
     report["settings"] |= {"classifier": name, "samples_file": str(path), "sampling": meta}
+    if args.protocol:
+        deviations = protocol_deviations(args.protocol, meta, chosen | {"classifier": name})
+        report["protocol"] = {"name": args.protocol, "deviations": deviations}
+        for d in deviations:
+            logging.warning("protocol %s: %s", args.protocol, d)
     out = Path(args.out) if args.out else path.parent
     write_report(report, out)
     print(markdown_report(report))

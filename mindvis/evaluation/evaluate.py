@@ -20,6 +20,23 @@ from .metrics import (frechet_distance, identification, n_way_top_k, pairwise_fe
 
 log = logging.getLogger("mindvis.eval")
 PAIRWISE = ("mse", "pcc", "ssim", "lpips")
+DEFAULT_SETTINGS = {"n_way": 50, "top_k": 1, "trials": 50, "metrics": ["nway", *PAIRWISE, "fid"]}
+# The MinD-Vis paper's evaluation (its gen_eval.py / eval_metrics.py): ViT-H/14 SWAG at 518 px, 50-way top-1 over 50
+# distractor draws per sample, averaged over the samples (and the best sample), pair-wise MSE / PCC / SSIM / LPIPS;
+# 5 samples per fMRI from PLMS with 250 steps in fp32.
+PROTOCOLS = {"paper": {"classifier": "vit_h_14", "n_way": 50, "top_k": 1, "trials": 50,
+                       "metrics": ["nway", *PAIRWISE],
+                       "sampling": {"num_samples": 5, "scheduler": "plms", "steps": 250, "precision": "fp32"}}}
+
+
+def protocol_deviations(protocol: str, sampling: dict, chosen: dict) -> list[str]:
+    """How samples (their ``sampling`` metadata) and the chosen evaluation settings differ from ``protocol``."""
+    spec = PROTOCOLS[protocol]
+    out = [f"sampling {k}={sampling.get(k)!r} (protocol: {v!r})" for k, v in spec["sampling"].items()
+           if sampling.get(k) != v]
+    out += [f"{k}={chosen[k]!r} (protocol: {spec[k]!r})" for k in ("classifier", "n_way", "top_k", "trials", "metrics")
+            if k in chosen and chosen[k] != spec[k]]
+    return out
 
 
 def lpips_features(model=None):
@@ -138,8 +155,16 @@ def markdown_report(report: dict, title: str = "Reconstruction evaluation") -> s
     s = report["settings"]
     lines = [f"# {title}", "",
              f"{s['n_images']} test images x {s['samples_per_image']} samples, {s['image_size'][0]} px; "
-             f"n-way: n = {s['n_way']}, top-{s['top_k']}, {s['trials']} trials, seed {s['seed']}.", "",
-             "| metric | mean | std | chance |", "|---|---|---|---|"]
+             f"n-way: n = {s['n_way']}, top-{s['top_k']}, {s['trials']} trials, seed {s['seed']}.", ""]
+    if "protocol" in report:
+        p = report["protocol"]
+        lines += [f"Protocol: {p['name']}" + (" (followed exactly)." if not p["deviations"] else
+                                             "; deviations: " + "; ".join(p["deviations"]) + "."), ""]
+        acc, best = (report["metrics"].get(f"{s['n_way']}way_top{s['top_k']}_acc{x}") for x in ("", "_best_sample"))
+        if p["name"] == "paper" and acc:
+            lines += ["The paper's Table 1 cell (50-way top-1 accuracy, %, mean over samples; best sample):", "",
+                      f"| {acc['mean'] * 100:.1f} ± {acc['std'] * 100:.1f} | {best['mean'] * 100:.1f} |", ""]
+    lines += ["| metric | mean | std | chance |", "|---|---|---|---|"]
     for name, v in report["metrics"].items():
         if "mean" in v:
             lines.append(f"| {name} | {v['mean']:.4f} | {v['std']:.4f} | {v.get('chance', '')} |")

@@ -168,14 +168,16 @@ def _from_dcldm(args):
     world, truth, labels, datasets = None, None, None, None
     if args.fmri:
         fmri = read_fmri_file(args.fmri)
-        n_vox = pipe.model.conditioner.mae.config.num_voxels
-        if fmri.shape[1] != n_vox:
-            raise DataError(f"{args.fmri}: {fmri.shape[1]} voxels, the model takes {n_vox}")
         ids = [str(i) for i in range(len(fmri))]
     else:
         split, world = split_from_run(model_dir, args.split)
         fmri, ids, labels, datasets = split.fmri, split.ids, split.labels, split.dataset
         truth = _truth_images(split, pipe.model.image_size)
+    n_vox = pipe.model.conditioner.mae.config.num_voxels
+    if fmri.shape[1] != n_vox:
+        where = args.fmri or f"the {args.split} split of {model_dir.parent / 'config.yaml'}"
+        raise DataError(f"{where}: {fmri.shape[1]} voxels, the model takes {n_vox} (another ROI, subject or "
+                        "data.pad_mode?)")
     n = min(len(fmri), args.limit or len(fmri))
     t0 = time.time()
     images = pipe(torch.from_numpy(fmri[:n]), num_samples=args.num_samples, num_inference_steps=args.steps,
