@@ -25,7 +25,7 @@ from mindvis.data.fmri import DataError
 from mindvis.data.pairs import TRIAL_MARK, PairedSplit
 from mindvis.evaluation.retrieval import (cosine_similarity, embedding_correlation, embedding_cosine,
                                           embedding_report, top_k)
-from mindvis.finetune.data import build_stage_b_data
+from mindvis.finetune.data import build_stage_b_data, synthetic_world
 from mindvis.models.brain_decoders import MBMDecoder, MBMDecoderConfig, MindEyeMLP, MLPConfig
 from mindvis.models.image_embedders import cached_embeddings, load_embedder, valid_target
 from mindvis.models.persistence import read_json
@@ -103,7 +103,7 @@ def split_test_trials(test: PairedSplit) -> tuple[PairedSplit, np.ndarray | None
 
 def embed_images(cfg: DictConfig, images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Target embeddings of each named image set (cached by space and image digest)."""
-    world = OmegaConf.to_object(cfg.data.synthetic) if cfg.data.dataset == "synthetic" else None
+    world = synthetic_world(cfg.data)
     embedder = load_embedder(cfg.target, world, cfg.data.cache_dir or None)
     key = str(world.image_settings()) if world else ""
     return {name: cached_embeddings(embedder, imgs, cfg.data.cache_dir or None, key) for name, imgs in images.items()}

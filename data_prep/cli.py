@@ -1,4 +1,4 @@
-"""``mindvis-prep``: public raw releases -> model-ready files (HCP for stage A, GOD and BOLD5000 for stage B).
+"""``mindvis-prep``: public raw releases -> model-ready files (HCP for stage A, GOD, BOLD5000 and NSD for stage B).
 
 Every preparation streams with bounded memory, shows progress, skips finished subjects (each is written
 under a temporary name and renamed), and writes ``meta.json`` (sources, ROI sizes, voxel counts,
@@ -56,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--masks", nargs="+", required=True, metavar="SUB=DIR", help="per subject, its ROI mask folder")
     b.add_argument("--stimuli", required=True, help="the release's BOLD5000_Stimuli folder")
     b.add_argument("--out", required=True, help="output folder (then: mindvis-finetune --dataset bold5000 --data-path OUT)")
+    n = sub.add_parser("nsd", help="NSD release (betas, nsdgeneral, design, stimuli) -> one subject's trials and images")
+    n.add_argument("--root", required=True, help="the NSD release root (nsddata/, nsddata_betas/, nsddata_stimuli/)")
+    n.add_argument("--subject", required=True, help="subj01..subj08 (or 1..8)")
+    n.add_argument("--sessions", help="sessions to prepare, e.g. 1-40 or 1,3,5-7 (default: all the subject did: "
+                                      "40/40/32/30/40/32/40/30)")
+    n.add_argument("--roi", default="nsdgeneral", help="ROI file under func1pt8mm/roi/ (default: nsdgeneral)")
+    n.add_argument("--roi-threshold", type=float, default=0.0,
+                   help="voxels whose ROI value is above this (default 0: nsdgeneral's 1s; -1 marks outside the "
+                        "brain, 0 outside the ROI; MindEye2 uses the same rule)")
+    n.add_argument("--zscore", choices=["session", "none"], default="session",
+                   help="z-score each voxel within each session (default, as MindEye) or keep percent signal change")
+    n.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="dtype of betas.npy")
+    n.add_argument("--image-size", type=int, default=256, help="stimulus side in pixels (default 256; 425 = as released)")
+    n.add_argument("--out", required=True, help="output folder (then: mindvis-finetune --dataset nsd --data-path OUT)")
     return p
 
 
@@ -83,6 +97,11 @@ def main(argv=None) -> int:
             from .god import prepare_god
 
             out = prepare_god(args.h5, args.images, args.out, args.class_index, progress=tqdm)
+        elif args.dataset == "nsd":
+            from .nsd import prepare_nsd
+
+            out = prepare_nsd(args.root, args.subject, args.out, args.sessions, args.roi, args.roi_threshold,
+                              args.zscore, args.dtype, args.image_size, progress=tqdm)
         else:
             from .bold5000 import prepare_bold5000
 

@@ -23,6 +23,7 @@ examples:
       --prior pretrains/ldm/label2img                                     # the paper's GOD setting
   mindvis-finetune --dataset bold5000 --data-path data/BOLD5000 --encoder pretrains/BOLD5000/fmri_encoder.pth \\
       --prior pretrains/ldm/label2img
+  mindvis-finetune --dataset nsd --data-path prepared/nsd/subj01 --encoder runs/pretrain/RUN --prior DIR
   accelerate launch --multi_gpu --num_processes 4 -m mindvis.finetune.cli --dataset god ...
   mindvis-finetune --resume runs/finetune/RUN
 """

@@ -6,7 +6,7 @@ from typing import List
 
 from mindvis.data.synthetic import SyntheticWorldConfig
 
-DATASETS = ("god", "bold5000", "god+bold5000", "synthetic")
+DATASETS = ("god", "bold5000", "god+bold5000", "nsd", "synthetic")
 
 
 @dataclass
@@ -24,7 +24,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     dataset: str = "god"  # god | bold5000 | god+bold5000 | synthetic
-    path: str = ""  # GOD folder (MinD-Vis layout); with god_layout=bdata the folder of Subject*.h5 files
+    path: str = ""  # GOD folder (MinD-Vis layout; with god_layout=bdata the folder of Subject*.h5 files), or the
+    # folder mindvis-prep nsd wrote
     god_layout: str = "mindvis"  # mindvis (sbj_N.npz + images_256.npz) | bdata (Kamitani HDF5 + ImageNet images)
     imagenet_dir: str = ""  # bdata layout: folder with the stimulus images (n01518878_5958.JPEG ...)
     class_index: str = ""  # bdata layout: imagenet_class_index.json for labels
@@ -35,6 +36,7 @@ class DataConfig:
     roi: str = "VC"
     pad_mode: str = "exact"
     include_test_trials: bool = False  # also evaluate single test trials (not only repetition averages)
+    nsd_train_trials: str = "single"  # NSD training pairs: single (one per trial) | average (one per image)
     zero_voxels: float = 0.2  # training augmentation: fraction of voxels zeroed
     crop_ratio: float = 0.2  # training augmentation: random crop of (1 - ratio) of the side ...
     crop_p: float = 0.5  # ... with this probability, then resize
@@ -114,6 +116,7 @@ def validate(cfg) -> None:
         (m.encoder_variant in MBM_VARIANTS, "model.encoder_variant", m.encoder_variant, f"one of {sorted(MBM_VARIANTS)}"),
         (d.dataset in DATASETS, "data.dataset", d.dataset, f"one of {DATASETS}"),
         (d.god_layout in ("mindvis", "bdata"), "data.god_layout", d.god_layout, "mindvis or bdata"),
+        (d.nsd_train_trials in ("single", "average"), "data.nsd_train_trials", d.nsd_train_trials, "single or average"),
         (d.pad_mode in PAD_MODES, "data.pad_mode", d.pad_mode, f"one of {PAD_MODES}"),
         (0 <= d.zero_voxels < 1, "data.zero_voxels", d.zero_voxels, "in [0, 1)"),
         (0 <= d.crop_ratio < 1, "data.crop_ratio", d.crop_ratio, "in [0, 1)"),

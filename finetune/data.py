@@ -13,6 +13,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mindvis.data.fmri import DataError, padded_length
+from mindvis.data.nsd import nsd_pairs, synthetic_world_of
 from mindvis.data.pairs import (PairedSplit, bold5000_pairs, concat_splits, god_pairs, god_pairs_bdata,
                                 group_split)
 from mindvis.data.synthetic import ensure_world
@@ -43,6 +44,16 @@ def _god(cfg: DataConfig, root: Path, patch_size: int, image_size: int):
     return god_pairs(root, list(cfg.subjects) or ["sbj_3"], cfg.roi, patch_size, cfg.pad_mode, cfg.include_test_trials)
 
 
+def synthetic_world(cfg: DataConfig):
+    """The synthetic world the data comes from (its settings, for the cached prior, classifier and targets): the
+    ``synthetic`` dataset's, or the one a prepared synthetic NSD folder records; None for real data."""
+    if cfg.dataset == "synthetic":
+        return OmegaConf.to_object(cfg.synthetic) if isinstance(cfg.synthetic, DictConfig) else cfg.synthetic
+    if cfg.dataset == "nsd" and cfg.path:
+        return synthetic_world_of(cfg.path)
+    return None
+
+
 def build_stage_b_data(cfg: DataConfig, patch_size: int, seed: int) -> StageBData:
     if cfg.dataset not in DATASETS:
         raise DataError(f"data.dataset must be one of {DATASETS}, got {cfg.dataset!r}")
@@ -58,6 +69,11 @@ def build_stage_b_data(cfg: DataConfig, patch_size: int, seed: int) -> StageBDat
             raise DataError("data.path is empty: give the GOD folder (--data-path DIR)")
         tr, te = _god(cfg, Path(cfg.path), patch_size, 256)
         trains.append(tr), tests.append(te), names.append(f"GOD {cfg.path} {list(cfg.subjects) or ['sbj_3']}")
+    if cfg.dataset == "nsd":
+        if not cfg.path:
+            raise DataError("data.path is empty: give the folder mindvis-prep nsd wrote (--data-path DIR)")
+        tr, te = nsd_pairs(cfg.path, patch_size, cfg.pad_mode, cfg.nsd_train_trials, cfg.include_test_trials)
+        trains, tests, names = [tr], [te], [f"NSD {cfg.path}"]
     if cfg.dataset in ("bold5000", "god+bold5000"):
         path = cfg.bold5000_path or (cfg.path if cfg.dataset == "bold5000" else "")
         if not path:

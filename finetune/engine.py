@@ -33,7 +33,7 @@ from mindvis.utils.io import atomic_dir, atomic_write_json
 from mindvis.utils.plots import plot_loss_curves, save_image_grid
 
 from .config import validate
-from .data import build_stage_b_data
+from .data import build_stage_b_data, synthetic_world
 
 log = logging.getLogger("mindvis.finetune")
 
@@ -59,11 +59,12 @@ def resolve_prior(cfg: DictConfig) -> str:
     """The prior folder: ``model.prior``, or for the synthetic world its cached prior (trained on first use)."""
     if cfg.model.prior:
         return cfg.model.prior
-    if cfg.data.dataset != "synthetic":
+    world = synthetic_world(cfg.data)
+    if world is None:
         raise FileNotFoundError("model.prior is empty: give the pretrained LDM folder (--prior DIR)")
     from .prior import ensure_synthetic_prior
 
-    return str(ensure_synthetic_prior(OmegaConf.to_object(cfg.data.synthetic), cfg.data.cache_dir or None))
+    return str(ensure_synthetic_prior(world, cfg.data.cache_dir or None))
 
 
 def build_encoder(num_voxels: int, enc_cfg: MBMConfig, enc_weights: dict | None, global_pool: bool = False,

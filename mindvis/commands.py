@@ -16,10 +16,10 @@ def synth_main(argv=None) -> int:
         prog="mindvis-synth", description=synth_main.__doc__,
         epilog="overrides: SyntheticWorldConfig fields as key=value, e.g. hcp_subjects=50 snr=0.5 god_subjects=5",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write HCP/, GOD/ and BOLD5000/ into")
-    parts = ("hcp", "god", "bold5000")
-    p.add_argument("--parts", nargs="+", default=list(parts), metavar="{hcp,god,bold5000}",
-                   help="which datasets to write (default: all)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write HCP/, GOD/, BOLD5000/ (and NSD/) into")
+    parts = ("hcp", "god", "bold5000", "nsd")
+    p.add_argument("--parts", nargs="+", default=list(parts[:3]), metavar="{hcp,god,bold5000,nsd}",
+                   help="which datasets to write (default: hcp god bold5000)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="world settings (see the module docstring)")
     args = p.parse_args(argv)
     # key=value after --parts belongs to the overrides (argparse alone would give it to --parts)

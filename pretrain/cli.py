@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mindvis-pretrain", description="Stage A of MinD-Vis: SC-MBM pretraining (A1) or tuning on a target dataset (A2).", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", dest="selection", choices=DATA_SOURCES, default=None,
-                   help="fMRI source: hcp (HCP resting state), god (GOD fMRI, stage A2), synthetic (the synthetic "
+                   help="fMRI source: hcp (HCP resting state), god / nsd (GOD fMRI, NSD trials from mindvis-prep nsd: "
+                        "stage A2), synthetic (the synthetic "
                         "world's resting state, generated on first use), synthetic-god (its GOD-like fMRI). "
                         "Sets data.source and, without --config, the matching preset. Default: synthetic")
     p.add_argument("--data-path", metavar="DIR", help="dataset folder (sets data.path); not needed for synthetic")

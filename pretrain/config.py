@@ -6,7 +6,7 @@ from typing import List, Optional
 
 from mindvis.data.synthetic import SyntheticWorldConfig
 
-DATA_SOURCES = ("hcp", "god", "synthetic", "synthetic-god")
+DATA_SOURCES = ("hcp", "god", "nsd", "synthetic", "synthetic-god")
 
 
 @dataclass
@@ -28,7 +28,7 @@ class ModelConfig:
 class DataConfig:
     """Where the fMRI comes from and how it is prepared."""
 
-    source: str = "hcp"  # hcp | god | synthetic (HCP-like rest) | synthetic-god (GOD-like task fMRI)
+    source: str = "hcp"  # hcp | god | nsd (a mindvis-prep nsd folder) | synthetic (HCP-like rest) | synthetic-god
     path: str = ""  # dataset folder; empty for the synthetic sources (generated into the cache)
     roi: str = "VC"  # HCP: VC (= V1..V4) or one of V1..V4; GOD: any ROI mask in sbj_N.npz
     subjects: List[str] = field(default_factory=list)  # empty: all HCP subjects / GOD_SUBJECTS
@@ -40,7 +40,8 @@ class DataConfig:
     include_god: bool = False  # stage A1: add GOD training fMRI to HCP (the original's include_kam, on by default there)
     god_path: str = ""  # the GOD folder; empty with source=synthetic: the world's GOD-like subjects
     god_subjects: List[str] = field(default_factory=list)  # empty: sbj_1..sbj_5 (GOD), every synthetic subject
-    god_include_test: bool = False  # stage A2: also tune on the (unlabelled) averaged test fMRI, as the original
+    god_include_test: bool = False  # stage A2: also tune on the (unlabelled) test fMRI, as the original (GOD: the
+    # averaged test fMRI; NSD: the shared-1000 trials)
     holdout_subjects: int = 1  # HCP: last subjects held out for the summary (when there are more)
     holdout_fraction: float = 0.1  # otherwise: fraction of samples held out
     fit_to_init: bool = False  # with --init: wrap-pad / truncate data to the checkpoint's voxel count

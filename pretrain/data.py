@@ -12,6 +12,7 @@ from mindvis.data.dataset import FMRIDataset
 from mindvis.data.fmri import DataError, RandomVoxelZeroing, padded_length
 from mindvis.data.god import GOD_SUBJECTS, god_fmri
 from mindvis.data.hcp import prepared_hcp
+from mindvis.data.nsd import nsd_fmri
 from mindvis.data.synthetic import ensure_world
 
 from .config import DATA_SOURCES, DataConfig
@@ -28,7 +29,7 @@ class StageAData:
 
 
 def resolve_source(cfg: DataConfig) -> tuple[str, Path]:
-    """(``hcp`` or ``god``, folder): synthetic sources are generated into the cache on first use."""
+    """(``hcp``, ``god`` or ``nsd``, folder): synthetic sources are generated into the cache on first use."""
     if cfg.source not in DATA_SOURCES:
         raise DataError(f"data.source must be one of {DATA_SOURCES}, got {cfg.source!r}")
     if cfg.source.startswith("synthetic"):
@@ -67,6 +68,10 @@ def build_stage_a_data(cfg: DataConfig, patch_size: int, seed: int, num_voxels: 
             god_root, god_subjects = _god_for_stage_a1(cfg)
             train_arrays = train_arrays + god_fmri(god_root, god_subjects, cfg.roi, patch_size, cfg.pad_mode)
         desc = f"HCP {root}: {len(train_arrays)} training arrays, {n_hold} held-out subject(s)"
+    elif kind == "nsd":
+        arrays = [nsd_fmri(root, patch_size, cfg.pad_mode, include_test=cfg.god_include_test)]
+        train_arrays, hold_arrays, n_hold = arrays, [], 0
+        desc = f"NSD {root}"
     else:
         subjects = list(cfg.subjects) or (["sbj_1"] if cfg.source == "synthetic-god" else list(GOD_SUBJECTS))
         arrays = god_fmri(root, subjects, cfg.roi, patch_size, cfg.pad_mode, include_test=cfg.god_include_test)

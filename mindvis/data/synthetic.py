@@ -1,4 +1,4 @@
-"""A synthetic brain world: images, a visual-cortex encoding model, and the files of HCP, GOD and BOLD5000.
+"""A synthetic brain world: images, a visual-cortex encoding model, and the files of HCP, GOD, BOLD5000 and NSD.
 
 The model, in short:
 
@@ -18,6 +18,9 @@ The model, in short:
   smoothly varying voxel loadings; its weight grows from V1 (none) to PPA.
 * **Measurement**: each voxel's signal is scaled to unit variance and noise at signal-to-noise
   ratio ``snr`` (variance ratio) is added, part of it smooth along the sheet.
+* **NSD**: the subjects' images are shown three times each in a random order, 750 trials per session; voxels
+  sit at the nsdgeneral positions of a small 1.8-mm volume (the rest of the volume is noise), and every
+  session adds its own per-voxel offset and gain to the betas, which per-session z-scoring removes.
 * **Resting state** (HCP): spontaneous activity drives the same encoding model with spatially
   smooth random feature maps and a random category vector that evolve as AR(1) processes (time
   constant ``rest_tau_s``), plus temporally autocorrelated noise and a global signal; TR 0.72 s.
@@ -45,6 +48,7 @@ BOLD5000_ROIS = ("EarlyVis", "LOC", "OPA", "PPA", "RSC")
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "bar")
 N_FEATURES = 8
 TR_SECONDS = 0.72
+NSD_TRIALS_PER_SESSION = 750
 
 # receptive-field size (fraction of the image width) and category weight per area
 _RF_SIZE = {"V1": 0.04, "V2": 0.07, "V3": 0.10, "V4": 0.15, "LOC": 0.25, "FFA": 0.3, "PPA": 0.35,
@@ -80,6 +84,13 @@ class SyntheticWorldConfig:
     bold5000_test_images: int = 30
     bold5000_test_repeats: int = 4
     bold5000_voxels: list[int] = field(default_factory=lambda: [200, 120, 60, 60, 40])  # BOLD5000_ROIS per hemisphere
+    # NSD-like subjects (750 trials per session, each image three times; the shared images come first)
+    nsd_subjects: int = 1
+    nsd_sessions: int = 2
+    nsd_shared: int = 50
+    nsd_volume: list[int] = field(default_factory=lambda: [12, 14, 12])  # the betas' grid (X, Y, Z)
+    nsd_voxels: list[int] = field(default_factory=lambda: [120, 100, 80, 60, 60, 40, 40])  # TASK_AREAS in nsdgeneral
+    nsd_session_drift: float = 0.5  # std of the per-session voxel offsets (gains vary by the same fraction)
     # measurement
     snr: float = 1.0
     subject_variability: float = 0.3
@@ -481,11 +492,89 @@ class SyntheticWorld:
 
         return atomic_dir(root, fill)
 
+    def nsd_design(self):
+        """(masterordering, subjectim, sharedix, brick classes) of the NSD-like experiment, 1-based as the release."""
+        c = self.cfg
+        rng = np.random.default_rng([c.seed, 8])
+        n_trials = c.nsd_sessions * NSD_TRIALS_PER_SESSION
+        if n_trials % 3:
+            raise ValueError("nsd_sessions x 750 trials must be divisible by 3 (each image is shown three times)")
+        per_subject = n_trials // 3
+        if not 0 < c.nsd_shared < per_subject:
+            raise ValueError(f"nsd_shared must be in (0, {per_subject}), got {c.nsd_shared}")
+        own = per_subject - c.nsd_shared
+        n_brick = c.nsd_shared + c.nsd_subjects * own
+        subjectim = np.zeros((8, per_subject), np.int64)  # the release has 8 subjects; unused rows reuse images
+        for s in range(8):
+            pool = (np.arange(c.nsd_shared + s * own, c.nsd_shared + (s + 1) * own) if s < c.nsd_subjects
+                    else rng.choice(np.arange(c.nsd_shared, n_brick), own))
+            subjectim[s] = np.concatenate([np.arange(c.nsd_shared), pool]) + 1
+        masterordering = rng.permutation(np.repeat(np.arange(1, per_subject + 1), 3))
+        classes = rng.integers(0, self.n_classes, n_brick)
+        return masterordering, subjectim, np.arange(1, c.nsd_shared + 1), classes
+
+    def write_nsd(self, root: str | os.PathLike) -> Path:
+        """The NSD release layout: per-session betas (NIfTI int16, percent signal change x 300), the nsdgeneral
+        ROI, ``nsd_expdesign.mat`` and the stimulus brick ``nsd_stimuli.hdf5``."""
+        import h5py
+        import nibabel as nib
+        from scipy.io import savemat
+
+        c = self.cfg
+        order, subjectim, sharedix, classes = self.nsd_design()
+        brick = self.render(classes, 3)
+        feats, cats = self._stimulus_features(brick, classes)
+        shape = tuple(c.nsd_volume)
+        n_roi = sum(c.nsd_voxels)
+        if n_roi >= int(np.prod(shape)):
+            raise ValueError(f"nsd_voxels ({n_roi}) must be fewer than the volume's {int(np.prod(shape))} voxels")
+        affine = np.diag([1.8, 1.8, 1.8, 1.0])
+
+        def fill(tmp: Path):
+            design = tmp / "nsddata" / "experiments" / "nsd"
+            design.mkdir(parents=True)
+            savemat(design / "nsd_expdesign.mat", {"masterordering": order[None].astype(float),
+                                                    "subjectim": subjectim.astype(float),
+                                                    "sharedix": sharedix[None].astype(float)})
+            stim = tmp / "nsddata_stimuli" / "stimuli" / "nsd"
+            stim.mkdir(parents=True)
+            with h5py.File(stim / "nsd_stimuli.hdf5", "w") as f:
+                f.create_dataset("imgBrick", data=brick, chunks=(1, *brick.shape[1:]))
+            for s in range(c.nsd_subjects):
+                sub = f"subj{s + 1:02d}"
+                rng = np.random.default_rng([c.seed, 9, s])
+                brain = self._task_brain(TASK_AREAS, c.nsd_voxels, 200 + s, feats, cats)
+                # nsdgeneral: a block at the back of the volume (C order of the betas' axes); -1 outside the brain
+                roi = np.full(shape, -1, np.int16)
+                flat = roi.reshape(-1)
+                inside = np.arange(flat.size // 10, flat.size)
+                flat[inside] = 0
+                flat[np.sort(rng.choice(inside, n_roi, replace=False))] = 1
+                roi_dir = tmp / "nsddata" / "ppdata" / sub / "func1pt8mm" / "roi"
+                roi_dir.mkdir(parents=True)
+                nib.save(nib.Nifti1Image(roi, affine), roi_dir / "nsdgeneral.nii.gz")
+                betas_dir = tmp / "nsddata_betas" / "ppdata" / sub / "func1pt8mm" / "betas_fithrf_GLMdenoise_RR"
+                betas_dir.mkdir(parents=True)
+                images = subjectim[s, order - 1] - 1  # the brick index of every trial
+                for sess in range(c.nsd_sessions):
+                    t = images[sess * NSD_TRIALS_PER_SESSION:(sess + 1) * NSD_TRIALS_PER_SESSION]
+                    vol = rng.normal(0, 1, (len(t), flat.size)).astype(np.float32)  # outside nsdgeneral: noise
+                    vol[:, flat == 1] = self._responses(brain, feats[t], cats[t], rng)
+                    offset = rng.normal(0, c.nsd_session_drift, flat.size)
+                    gain = np.exp(rng.normal(0, c.nsd_session_drift / 2, flat.size))
+                    pct = vol * gain + offset  # percent signal change
+                    data = np.clip(np.round(pct * 300), -32768, 32767).astype(np.int16)
+                    data = data.reshape(len(t), *shape).transpose(1, 2, 3, 0)  # (X, Y, Z, trials)
+                    nib.save(nib.Nifti1Image(data, affine), betas_dir / f"betas_session{sess + 1:02d}.nii.gz")
+            _write_meta(tmp, "nsd", c)
+
+        return atomic_dir(root, fill)
+
     def write(self, root: str | os.PathLike, parts=("hcp", "god", "bold5000")) -> Path:
-        """Write the chosen parts under ``root`` as ``HCP/``, ``GOD/`` and ``BOLD5000/``."""
+        """Write the chosen parts under ``root`` as ``HCP/``, ``GOD/``, ``BOLD5000/`` and ``NSD/``."""
         root = Path(root)
         writers = {"hcp": (self.write_hcp, "HCP"), "god": (self.write_god, "GOD"),
-                   "bold5000": (self.write_bold5000, "BOLD5000")}
+                   "bold5000": (self.write_bold5000, "BOLD5000"), "nsd": (self.write_nsd, "NSD")}
         for p in parts:
             if p not in writers:
                 raise ValueError(f"unknown part {p!r}; choose from {sorted(writers)}")

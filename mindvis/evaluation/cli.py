@@ -19,6 +19,16 @@ def main(argv=None) -> int:
                                 "classification and pair-wise identification (MSE, PCC, SSIM, LPIPS), FID. Writes "
                                 "eval.json and eval.md.")
     p.add_argument("--samples", required=True, help="samples.npz from mindvis-sample (or its folder)")
+    p.add_argument("--suite", choices=["paper", "nsd"], default="paper",
+                   help="paper (default): n-way classification and pair-wise identification (eval.json/.md); nsd: "
+                        "the NSD suite as MindEye/MindEye2 (PixCorr, SSIM, AlexNet(2/5), Inception, CLIP, EffNet-B, "
+                        "SwAV, retrieval) in MindEye2's Table 1 columns (nsd_eval.json/.md)")
+    p.add_argument("--nsd-weights", nargs="+", metavar="NET=FILE", default=[],
+                   help="--suite nsd: local weights: alexnet=, inception=, effnet= (torchvision state dicts; default: "
+                        "torch's cache), swav= (the SwAV ResNet-50 state dict), clip= (a CLIP ViT-L/14 folder; "
+                        "default: the cached hub id openai/clip-vit-large-patch14)")
+    p.add_argument("--embeddings", metavar="FILE", help="--suite nsd: test_embeddings.npz of a mindvis-align run "
+                                                        "(retrieval among 300 test items, 30 draws)")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS),
                    help="a published evaluation: paper = MinD-Vis (ViT-H/14 at 518 px, 50-way top-1 with 50 distractor "
                         "draws per sample, mean over samples and best sample, pair-wise MSE/PCC/SSIM/LPIPS; samples "
@@ -63,6 +73,8 @@ def main(argv=None) -> int:
         print(f"mindvis-eval: error: {path}: its synthetic_world metadata does not fit this mindvis ({e})",
               file=sys.stderr)
         return 2
+    if args.suite == "nsd":
+        return _nsd_suite(args, path, samples, truth, meta)
     base = PROTOCOLS[args.protocol] if args.protocol else DEFAULT_SETTINGS
     chosen = {k: base[k] if getattr(args, k) is None else getattr(args, k) for k in DEFAULT_SETTINGS}
     name = args.classifier or ("synthetic" if world and not args.protocol else "vit_h_14")
@@ -91,6 +103,40 @@ def main(argv=None) -> int:
     write_report(report, out)
     print(markdown_report(report))
     print(f"report: {out / 'eval.json'}, {out / 'eval.md'} ({report['seconds']} s)")
+    return 0
+
+
+def _nsd_suite(args, path: Path, samples, truth, meta: dict) -> int:
+    from tqdm.auto import tqdm
+
+    from ..data.fmri import DataError, read_npz
+    from ..utils.io import atomic_write_json, atomic_write_text
+    from .nsd_suite import load_networks, nsd_markdown, nsd_suite
+
+    try:
+        if any("=" not in item for item in args.nsd_weights):
+            raise DataError(f"--nsd-weights takes NET=FILE, got {args.nsd_weights}")
+        weights = dict(item.split("=", 1) for item in args.nsd_weights)
+        embeddings = None
+        if args.embeddings:
+            arrays = read_npz(args.embeddings, ["contrastive", "target"])
+            embeddings = {"pred": arrays["contrastive"], "target": arrays["target"]}
+            if len(embeddings["pred"]) != len(truth):
+                raise DataError(f"{args.embeddings}: {len(embeddings['pred'])} decoded embeddings for {len(truth)} "
+                                "test images")
+        networks, skipped = load_networks(weights)
+        report = nsd_suite(samples, truth, networks, skipped, embeddings, progress=tqdm)
+    except (DataError, ValueError) as e:
+        print(f"mindvis-eval: error: {e}", file=sys.stderr)
+        return 2
+    report["settings"] |= {"samples_file": str(path), "sampling": meta, "weights": weights,
+                           "embeddings": args.embeddings}
+    out = Path(args.out) if args.out else path.parent
+    atomic_write_json(out / "nsd_eval.json", report)
+    text = nsd_markdown(report)
+    atomic_write_text(out / "nsd_eval.md", text)
+    print(text)
+    print(f"report: {out / 'nsd_eval.json'}, {out / 'nsd_eval.md'}")
     return 0
 
 

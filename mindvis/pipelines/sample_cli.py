@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 import json
 import sys
 import time
@@ -75,12 +76,10 @@ def read_fmri_file(path: str | Path) -> np.ndarray:
 def split_from_run(model_dir: Path, split: str):
     """The ``split`` pairs of the run that trained ``model_dir``, prepared as in training; ``test-trials``: the
     single repetitions of the test stimuli (``test`` holds their averages)."""
-    from omegaconf import OmegaConf
-
     from ..config import build_config
     from ..data.pairs import single_trials
     from ..finetune.config import FinetuneConfig
-    from ..finetune.data import build_stage_b_data
+    from ..finetune.data import build_stage_b_data, synthetic_world
 
     cfg_path = model_dir.parent / "config.yaml"
     if not cfg_path.is_file():
@@ -90,7 +89,8 @@ def split_from_run(model_dir: Path, split: str):
         cfg.data.include_test_trials = True
     enc = json.loads((model_dir / "conditioner" / "config.json").read_text())["encoder"]
     data = build_stage_b_data(cfg.data, enc["patch_size"], cfg.train.seed)
-    world = OmegaConf.to_container(cfg.data.synthetic) if cfg.data.dataset == "synthetic" else None
+    world = synthetic_world(cfg.data)
+    world = asdict(world) if world else None
     if split == "test-trials":
         return single_trials(data.test), world
     return {"test": data.test, "val": data.val, "train": data.train}[split], world
@@ -107,20 +107,19 @@ def _truth_images(split, image_size: int) -> np.ndarray:
 
 def align_split(run: Path, split: str, patch_size: int):
     """The ``split`` pairs of a mindvis-align run (``test``: the repetition averages), and its synthetic world."""
-    from omegaconf import OmegaConf
-
     from ..align.config import AlignConfig
     from ..align.engine import split_test_trials
     from ..config import build_config
     from ..data.pairs import single_trials
-    from ..finetune.data import build_stage_b_data
+    from ..finetune.data import build_stage_b_data, synthetic_world
 
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} is missing: --split needs the align run's config (or use --fmri FILE)")
     cfg = build_config(AlignConfig, cfg_path)
     data = build_stage_b_data(cfg.data, patch_size, cfg.train.seed)
-    world = OmegaConf.to_container(cfg.data.synthetic) if cfg.data.dataset == "synthetic" else None
+    world = synthetic_world(cfg.data)
+    world = asdict(world) if world else None
     chosen = {"test": lambda: split_test_trials(data.test)[0], "test-trials": lambda: single_trials(data.test),
               "val": lambda: data.val, "train": lambda: data.train}[split]()
     return chosen, world
