@@ -41,6 +41,7 @@ class DataConfig:
     crop_ratio: float = 0.2  # training augmentation: random crop of (1 - ratio) of the side ...
     crop_p: float = 0.5  # ... with this probability, then resize
     val_fraction: float = 0.1  # validation split carved from training data (whole classes for GOD)
+    max_train: int = 0  # use only this many training pairs (0: all): a seeded subset, nested across sizes
     image_size: int = 0  # 0: the prior's resolution
     cache_dir: str = ""
     num_workers: int = 0
@@ -122,6 +123,7 @@ def validate(cfg) -> None:
         (0 <= d.crop_ratio < 1, "data.crop_ratio", d.crop_ratio, "in [0, 1)"),
         (0 <= d.crop_p <= 1, "data.crop_p", d.crop_p, "in [0, 1]"),
         (0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "in [0, 1)"),
+        (d.max_train >= 0, "data.max_train", d.max_train, ">= 0 (0: all training pairs)"),
         (d.image_size >= 0, "data.image_size", d.image_size, ">= 0 (0: the prior's)"),
         (d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0"),
         (t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1"),

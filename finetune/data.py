@@ -85,6 +85,11 @@ def build_stage_b_data(cfg: DataConfig, patch_size: int, seed: int) -> StageBDat
     # validation: whole classes for GOD (its test classes are unseen), whole images otherwise
     groups = np.array([f"{d}:{l}" if l >= 0 else f"{d}:{i}" for d, l, i in zip(train.dataset, train.labels, train.ids)])
     tr_idx, val_idx = group_split(groups, cfg.val_fraction, seed)
+    if cfg.max_train:
+        if cfg.max_train > len(tr_idx):
+            raise DataError(f"data.max_train={cfg.max_train} but the training split has {len(tr_idx)} pairs")
+        # the first max_train of one seeded order: a smaller subset is always inside a larger one
+        tr_idx = np.sort(tr_idx[np.random.default_rng([seed, 17]).permutation(len(tr_idx))[:cfg.max_train]])
     desc = (f"{'; '.join(names)}: {len(tr_idx)} train / {len(val_idx)} validation / {len(test)} test pairs, "
             f"{num_voxels} voxels")
     return StageBData(train.subset(tr_idx), train.subset(val_idx), test, num_voxels, desc)

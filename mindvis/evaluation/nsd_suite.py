@@ -47,14 +47,23 @@ TABLE = [("pixcorr", "PixCorr", True), ("ssim", "SSIM", True), ("alexnet2", "Ale
          ("effnet", "Eff", False), ("swav", "SwAV", False)]
 
 
+CHUNK = 50  # images per step of the pixel metrics and resizes: memory stays bounded at NSD size
+
+
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """torchvision ``Resize(size)`` on square images: bilinear, antialiased."""
+    """torchvision ``Resize(size)`` on square images: bilinear, antialiased (in chunks of images)."""
     from torchvision.transforms.functional import InterpolationMode
     from torchvision.transforms.functional import resize as tv_resize
 
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    return tv_resize(images, [size, size], InterpolationMode.BILINEAR, antialias=True)
+    return torch.cat([tv_resize(images[i:i + CHUNK].float(), [size, size], InterpolationMode.BILINEAR, antialias=True)
+                      for i in range(0, len(images), CHUNK)])
+
+
+def _pairwise_chunks(fn, rec: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """(N,) ``fn`` of each (reconstruction, ground truth) pair, evaluated CHUNK pairs at a time."""
+    return torch.cat([fn(rec[i:i + CHUNK], gt[i:i + CHUNK]) for i in range(0, len(rec), CHUNK)])
 
 
 def pixcorr(rec: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -76,9 +85,10 @@ def ssim_gaussian(rec: torch.Tensor, gt: torch.Tensor, sigma: float = 1.5) -> to
 
     scikit-image filters with reflection at the borders and then crops (win - 1) / 2 pixels, which is exactly the
     width of the truncated Gaussian: so the mean runs over the valid positions of an unpadded filter."""
-    gray = torch.tensor(GRAY, dtype=torch.float64).view(1, 3, 1, 1)
-    x = (resize(rec, 425).double() * gray).sum(1, keepdim=True)
-    y = (resize(gt, 425).double() * gray).sum(1, keepdim=True)
+    gray = torch.tensor(GRAY).view(1, 3, 1, 1)
+    # grayscale, then resize: both are linear, so this equals resizing RGB first, at a third of the cost
+    x = resize((rec.float() * gray).sum(1, keepdim=True), 425).double()
+    y = resize((gt.float() * gray).sum(1, keepdim=True), 425).double()
     w = _gaussian_window(sigma)
     k = len(w)
 
@@ -213,15 +223,14 @@ def nsd_suite(samples: torch.Tensor, ground_truth: torch.Tensor, networks: dict[
     n, k = samples.shape[:2]
     if n < 2:
         raise ValueError("the NSD suite needs at least two test images")
-    gt = resize(ground_truth.float(), 256)
-    recs = [resize(samples[:, s].float(), 256) for s in range(k)]
+    gt = resize(ground_truth, 256)
+    recs = [resize(samples[:, s], 256) for s in range(k)]
     networks, report = networks or {}, {"metrics": {}, "skipped": dict(skipped or {})}
     todo = [m for m in metrics if m not in report["skipped"]]
     for m in (progress(todo, desc="NSD metrics") if progress else todo):
-        if m == "pixcorr":
-            report["metrics"][m] = _stats([float(pixcorr(r, gt).mean()) for r in recs])
-        elif m == "ssim":
-            report["metrics"][m] = _stats([float(ssim_gaussian(r, gt).mean()) for r in recs])
+        if m in ("pixcorr", "ssim"):
+            fn = pixcorr if m == "pixcorr" else ssim_gaussian
+            report["metrics"][m] = _stats([float(_pairwise_chunks(fn, r, gt).mean()) for r in recs])
         elif m not in networks:
             report["skipped"][m] = "no network given"
         else:

@@ -1,0 +1,1 @@
+"""``mindvis-scaling``: how decoding grows with training data and test repetitions, per decoder, over seeds."""

@@ -1,0 +1,264 @@
+"""The scaling study: one ``mindvis-align`` run per cell (decoder arm x training size x seed), then fits.
+
+Cells: training sizes are nested subsets of one seeded order (``data.max_train``), so a seed's curve adds pairs to
+the same pairs; the validation split and the decoder's initialisation follow the seed. Each cell's result is written
+atomically to ``cells/<arm>-<size>-s<seed>.json``; a rerun skips finished cells (an interrupted one restarts).
+
+Analysis, per arm, of the test top-1 retrieval (brain -> image among the test images): the mean and spread over
+seeds at each size; a least-squares fit of top-1 against log10(training pairs) with R^2 and a bootstrap confidence
+interval of the slope over seeds; the gaps to ridge and, when both arms ran, pretrained minus random and rest- minus
+target-pretrained; and the test-time averaging curve (1..R repetitions) at the largest size.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from mindvis.align.engine import align
+from mindvis.config import ConfigError, check_settings, save_config
+from mindvis.finetune.data import build_stage_b_data
+from mindvis.utils.io import atomic_write_json, atomic_write_text
+
+from .config import ARMS
+
+log = logging.getLogger("mindvis.scaling")
+METRICS = ("top1", "top5", "median_rank", "correlation")
+
+
+def validate(cfg: DictConfig) -> None:
+    g = cfg.grid
+    check_settings([
+        (len(g.arms) > 0 and all(a in ARMS for a in g.arms), "grid.arms", list(g.arms), f"a non-empty list of {ARMS}"),
+        (all(0 < f <= 1 for f in g.fractions) and (g.fractions or g.trials), "grid.fractions", list(g.fractions),
+         "fractions in (0, 1] (or give grid.trials)"),
+        (all(n >= 2 for n in g.trials), "grid.trials", list(g.trials), "counts >= 2"),
+        (len(g.seeds) > 0, "grid.seeds", list(g.seeds), "at least one seed"),
+        ("mbm-rest" not in g.arms or bool(g.rest_encoder), "grid.rest_encoder", g.rest_encoder,
+         "a stage-A run, model folder or .pth when grid.arms has mbm-rest"),
+        ("mbm-target" not in g.arms or bool(g.target_encoder), "grid.target_encoder", g.target_encoder,
+         "a stage-A2 run, model folder or .pth when grid.arms has mbm-target"),
+        (g.bootstrap >= 0, "grid.bootstrap", g.bootstrap, ">= 0"),
+    ])
+
+
+def sizes(cfg: DictConfig, seed: int) -> list[tuple[str, int]]:
+    """(label, training pairs) of every size for ``seed``: explicit counts, or fractions of the training split."""
+    if cfg.grid.trials:
+        return [(f"n{n}", int(n)) for n in sorted(set(cfg.grid.trials))]
+    data_cfg = OmegaConf.merge(cfg.cell.data, {"max_train": 0})
+    n_train = len(build_stage_b_data(data_cfg, 16, seed).train)
+    return [(f"f{f:g}", max(2, int(round(f * n_train)))) for f in sorted(set(cfg.grid.fractions))]
+
+
+def cell_config(cfg: DictConfig, arm: str, n: int, seed: int, folder: Path) -> DictConfig:
+    """The ``mindvis-align`` config of one cell."""
+    c = OmegaConf.merge(cfg.cell, {"data": {"max_train": n}, "train": {"seed": seed}, "output_dir": str(folder)})
+    if arm in ("ridge", "mlp"):
+        c.decoder.name = arm
+    else:
+        c.decoder.name = "mbm"
+        c.decoder.encoder = {"mbm-random": "random", "mbm-rest": cfg.grid.rest_encoder,
+                             "mbm-target": cfg.grid.target_encoder}[arm]
+    return c
+
+
+def run_cell(cfg: DictConfig, arm: str, label: str, n: int, seed: int, out: Path) -> dict:
+    """Train and test one cell with mindvis-align; its run folder is ``out/runs/<name>``."""
+    name = f"{arm}-{label}-s{seed}"
+    runs = out / "runs"
+    shutil.rmtree(runs / name, ignore_errors=True)  # an interrupted cell starts over
+    t0 = time.time()
+    report = align(cell_config(cfg, arm, n, seed, runs), run_name=name)
+    test = report["test"]
+    result = {"arm": arm, "size": label, "n_train": n, "seed": seed, "seconds": round(time.time() - t0, 1),
+              "test": {"top1": test["top1_brain_to_image"]["value"], "top5": test["top5_brain_to_image"]["value"],
+                       "median_rank": test["relative_median_rank"]["value"],
+                       "correlation": test["embedding_correlation"]["value"]},
+              "chance": {"top1": test["top1_brain_to_image"]["chance"], "top5": test["top5_brain_to_image"]["chance"],
+                         "median_rank": 0.5, "correlation": 0.0},
+              "averaging": [{"repetitions": a["repetitions"], "top1": a["top1"], "top5": a["top5"]}
+                            for a in report.get("averaging", [])]}
+    atomic_write_json(out / "cells" / f"{name}.json", result)
+    return result
+
+
+def fit_log_linear(n: np.ndarray, y: np.ndarray, seeds: np.ndarray, bootstrap: int, rng) -> dict:
+    """y = intercept + slope * log10(n) by least squares over every (size, seed) point, R^2, and the 95 % interval
+    of the slope from resampling the seeds with replacement."""
+    x = np.log10(n)
+    if len(np.unique(x)) < 2:
+        return {"slope": None, "intercept": None, "r2": None, "slope_ci": None}
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (intercept + slope * x)
+    ss_tot = ((y - y.mean()) ** 2).sum()
+    r2 = 1 - (resid ** 2).sum() / ss_tot if ss_tot > 0 else None
+    uniq = np.unique(seeds)
+    draws = []
+    for _ in range(bootstrap if len(uniq) > 1 else 0):
+        pick = np.concatenate([np.flatnonzero(seeds == s) for s in rng.choice(uniq, len(uniq))])
+        if len(np.unique(x[pick])) > 1:
+            draws.append(np.polyfit(x[pick], y[pick], 1)[0])
+    ci = [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))] if draws else None
+    return {"slope": float(slope), "intercept": float(intercept), "r2": None if r2 is None else float(r2),
+            "slope_ci": ci}
+
+
+def analyse(results: list[dict], bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Per arm: curves (mean, std over seeds per size), fits, averaging; and the gaps between arms."""
+    rng = np.random.default_rng(seed)
+    out = {"arms": {}, "gaps": {}}
+    by_arm: dict[str, list[dict]] = {}
+    for r in results:
+        by_arm.setdefault(r["arm"], []).append(r)
+    for arm, rs in by_arm.items():
+        n = np.array([r["n_train"] for r in rs], dtype=float)
+        seeds = np.array([r["seed"] for r in rs])
+        entry = {"curve": [], "fits": {}, "averaging": []}
+        for label in sorted({r["size"] for r in rs}, key=lambda lb: np.mean([r["n_train"] for r in rs
+                                                                             if r["size"] == lb])):
+            cell = [r for r in rs if r["size"] == label]
+            row = {"size": label, "n_train": float(np.mean([r["n_train"] for r in cell])), "seeds": len(cell)}
+            for m in METRICS:
+                v = np.array([r["test"][m] for r in cell])
+                row[m] = {"mean": float(v.mean()), "std": float(v.std()), "chance": cell[0]["chance"][m]}
+            entry["curve"].append(row)
+        for m in ("top1", "top5", "correlation"):
+            entry["fits"][m] = fit_log_linear(n, np.array([r["test"][m] for r in rs]), seeds, bootstrap, rng)
+        largest = max(rs, key=lambda r: r["n_train"])["size"]
+        curves = [r["averaging"] for r in rs if r["size"] == largest and r["averaging"]]
+        for i in range(min((len(c) for c in curves), default=0)):
+            v = np.array([c[i]["top1"] for c in curves])
+            entry["averaging"].append({"repetitions": curves[0][i]["repetitions"], "top1": float(v.mean()),
+                                       "std": float(v.std())})
+        out["arms"][arm] = entry
+
+    def gap(a: str, b: str) -> list[dict]:
+        rows = []
+        for label in [row["size"] for row in out["arms"][a]["curve"]]:
+            pairs = [(x["test"]["top1"], y["test"]["top1"]) for x in by_arm[a] for y in by_arm[b]
+                     if x["size"] == y["size"] == label and x["seed"] == y["seed"]]
+            if pairs:
+                d = np.array([p - q for p, q in pairs])
+                rows.append({"size": label, "n_train": next(r["n_train"] for r in out["arms"][a]["curve"]
+                                                             if r["size"] == label),
+                             "top1_gap": float(d.mean()), "std": float(d.std()), "seeds": len(d)})
+        return rows
+
+    pairs = [(a, "ridge") for a in by_arm if a != "ridge"] + [("mbm-rest", "mbm-random"), ("mbm-target", "mbm-random"),
+                                                               ("mbm-rest", "mbm-target")]
+    for a, b in pairs:
+        if a in by_arm and b in by_arm:
+            out["gaps"][f"{a} - {b}"] = gap(a, b)
+    return out
+
+
+def markdown(report: dict) -> str:
+    a = report["analysis"]
+    lines = ["# Scaling study", "", f"{report['data']}; target {report['target']}; seeds {report['seeds']}.", "",
+             "Test top-1 retrieval (brain -> image among the test images; mean ± std over seeds):", "",
+             "| arm | training pairs | top-1 | chance | top-5 | median rank | embedding r |", "|---|---|---|---|---|---|---|"]
+    for arm, e in a["arms"].items():
+        for row in e["curve"]:
+            lines.append(f"| {arm} | {row['n_train']:.0f} | {row['top1']['mean']:.3f} ± {row['top1']['std']:.3f} | "
+                         f"{row['top1']['chance']:.3f} | {row['top5']['mean']:.3f} | "
+                         f"{row['median_rank']['mean']:.3f} | {row['correlation']['mean']:.3f} |")
+    lines += ["", "Fit top-1 = a + b log10(pairs) (all seeds' points; b's 95 % interval by resampling seeds):", "",
+              "| arm | slope b | 95 % interval | intercept a | R^2 |", "|---|---|---|---|---|"]
+    for arm, e in a["arms"].items():
+        f = e["fits"]["top1"]
+        if f["slope"] is None:
+            lines.append(f"| {arm} | - | - | - | - |")
+            continue
+        ci = "-" if f["slope_ci"] is None else f"[{f['slope_ci'][0]:.3f}, {f['slope_ci'][1]:.3f}]"
+        r2 = "-" if f["r2"] is None else f"{f['r2']:.2f}"
+        lines.append(f"| {arm} | {f['slope']:.3f} | {ci} | {f['intercept']:.3f} | {r2} |")
+    if a["gaps"]:
+        lines += ["", "Gaps in top-1 (paired by seed; mean ± std):", "", "| comparison | training pairs | gap |",
+                  "|---|---|---|"]
+        for name, rows in a["gaps"].items():
+            lines += [f"| {name} | {r['n_train']:.0f} | {r['top1_gap']:+.3f} ± {r['std']:.3f} |" for r in rows]
+    avg = {arm: e["averaging"] for arm, e in a["arms"].items() if e["averaging"]}
+    if avg:
+        reps = [p["repetitions"] for p in next(iter(avg.values()))]
+        lines += ["", "Test-time averaging at the largest size (top-1 over 1..R repetitions):", "",
+                  "| arm | " + " | ".join(f"R={r}" for r in reps) + " |", "|---" * (len(reps) + 1) + "|"]
+        lines += [f"| {arm} | " + " | ".join(f"{p['top1']:.3f}" for p in pts) + " |" for arm, pts in avg.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a = report["analysis"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm, e in a["arms"].items():
+        n = np.array([r["n_train"] for r in e["curve"]])
+        m = np.array([r["top1"]["mean"] for r in e["curve"]])
+        s = np.array([r["top1"]["std"] for r in e["curve"]])
+        line, = ax.plot(n, m, "o-", label=arm)
+        ax.fill_between(n, m - s, m + s, color=line.get_color(), alpha=0.2)
+        f = e["fits"]["top1"]
+        if f["slope"] is not None:
+            xs = np.geomspace(n.min(), n.max(), 20)
+            ax.plot(xs, f["intercept"] + f["slope"] * np.log10(xs), "--", color=line.get_color(), lw=1)
+    chance = next(iter(a["arms"].values()))["curve"][0]["top1"]["chance"]
+    ax.axhline(chance, color="gray", lw=1, ls=":", label="chance")
+    ax.set(xscale="log", xlabel="training pairs", ylabel="test top-1 (brain -> image)", title="scaling with data")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png", dpi=120)
+    plt.close(fig)
+    avg = {arm: e["averaging"] for arm, e in a["arms"].items() if e["averaging"]}
+    if avg:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for arm, pts in avg.items():
+            r = [p["repetitions"] for p in pts]
+            m, s = np.array([p["top1"] for p in pts]), np.array([p["std"] for p in pts])
+            line, = ax.plot(r, m, "o-", label=arm)
+            ax.fill_between(r, m - s, m + s, color=line.get_color(), alpha=0.2)
+        ax.axhline(chance, color="gray", lw=1, ls=":", label="chance")
+        ax.set(xlabel="test repetitions averaged", ylabel="test top-1", title="test-time averaging (largest size)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "averaging.png", dpi=120)
+        plt.close(fig)
+
+
+def scaling(cfg: DictConfig, out: str | Path) -> dict:
+    """Run (or continue) the study in ``out``; returns the report (also scaling.json / .md / PNGs)."""
+    validate(cfg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = out / "config.yaml"
+    if config_file.is_file():  # a continued study must be the same study
+        saved = OmegaConf.load(config_file)
+        if OmegaConf.to_container(saved, resolve=True) != OmegaConf.to_container(cfg, resolve=True):
+            raise ConfigError(f"{out} holds a study with other settings ({config_file}); use another --out")
+    else:
+        save_config(cfg, config_file)
+    cells = [(arm, label, n, seed) for seed in cfg.grid.seeds for label, n in sizes(cfg, seed) for arm in cfg.grid.arms]
+    results = []
+    for arm, label, n, seed in tqdm(cells, desc="scaling cells"):
+        done = out / "cells" / f"{arm}-{label}-s{seed}.json"
+        if done.is_file():
+            results.append(json.loads(done.read_text()))
+            continue
+        log.info("cell %s, %s (%d training pairs), seed %d", arm, label, n, seed)
+        results.append(run_cell(cfg, arm, label, n, seed, out))
+    first = results[0]
+    report = {"data": cfg.cell.data.dataset, "target": cfg.cell.target, "seeds": list(cfg.grid.seeds),
+              "cells": results, "analysis": analyse(results, cfg.grid.bootstrap), "chance_top1": first["chance"]["top1"]}
+    atomic_write_json(out / "scaling.json", report)
+    atomic_write_text(out / "scaling.md", markdown(report))
+    plot(report, out)
+    return report
