@@ -18,12 +18,15 @@ Written to ``--out``: ``betas.npy`` (trials x voxels, float32 or float16, memory
 session, volume, nsd_id (0-based), repetition (0-based, counted over the whole design), shared), the subject's images
 ``images_<size>.npy`` (uint8, one per id in ``image_ids.npy``, sorted), ``voxels.npy`` (flat indices of the ROI in
 the volume) and ``meta.json``. Sessions are prepared one at a time (bounded memory) into ``sessions/`` and each is
-renamed into place when complete, so an interrupted preparation resumes where it stopped.
+renamed into place when complete, so an interrupted preparation resumes where it stopped; they are removed once
+``betas.npy`` holds them (a rerun with the same settings then returns at once).
 """
 from __future__ import annotations
 
 import csv
+import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +208,12 @@ def prepare_nsd(root: str | Path, subject: str, out: str | Path, sessions: str |
                         f"{zscore_mode!r}, {dtype!r}, {image_size}")
     subject = subject_name(subject)
     chosen = parse_sessions(sessions, subject, root)
+    wanted = {"subject": subject, "sessions": chosen, "roi": roi, "roi_threshold": roi_threshold,
+              "zscore": zscore_mode, "dtype": dtype, "image_size": image_size}
+    if (out / "meta.json").is_file() and (out / "betas.npy").is_file():
+        settings = json.loads((out / "meta.json").read_text()).get("settings", {})
+        if all(settings.get(k) == v for k, v in wanted.items()):
+            return out  # prepared already, with these settings
     paths = {k: betas_path(root, subject, k) for k in chosen}  # every file exists before any work
     order, subjectim, shared = read_design(root / "nsddata" / "experiments" / "nsd" / "nsd_expdesign.mat")
     table = trial_table(order, subjectim, shared, subject, chosen)
@@ -249,15 +258,13 @@ def prepare_nsd(root: str | Path, subject: str, out: str | Path, sessions: str |
 
     atomic_write(out / "trials.csv", write_table)
     synthetic = root / "meta.json"  # a synthetic world's NSD records its settings (for its prior and classifier)
-    settings = {"subject": subject, "sessions": chosen, "roi": roi, "roi_threshold": roi_threshold,
-                "zscore": zscore_mode, "dtype": dtype, "image_size": image_size, "volume": list(mask.shape),
-                "voxels": n_vox, "trials": len(table["trial"]), "images": len(ids),
-                "shared_images": int(len(np.unique(table["nsd_id"][table["shared"]]))), "beta_scale": BETA_SCALE}
+    settings = wanted | {"volume": list(mask.shape), "voxels": n_vox, "trials": len(table["trial"]),
+                         "images": len(ids), "shared_images": int(len(np.unique(table["nsd_id"][table["shared"]]))),
+                         "beta_scale": BETA_SCALE}
     if synthetic.is_file():
-        import json
-
         meta = json.loads(synthetic.read_text())
         if meta.get("generator") == "mindvis.data.synthetic":
             settings["synthetic_world"] = meta["config"]
     write_meta(out, "nsd", {"root": str(root)}, items, settings)
+    shutil.rmtree(out / "sessions")  # betas.npy holds them now; a rerun with these settings returns early
     return out

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .classifiers import IMAGENET_MEAN, IMAGENET_STD
-from .metrics import identification
+from .metrics import SSIM_K1, SSIM_K2, identification
 
 NSD_METRICS = ("pixcorr", "ssim", "alexnet2", "alexnet5", "inception", "clip", "effnet", "swav")
 IDENTIFICATION = ("alexnet2", "alexnet5", "inception", "clip")
@@ -95,7 +95,7 @@ def ssim_gaussian(rec: torch.Tensor, gt: torch.Tensor, sigma: float = 1.5) -> to
     def blur(z):
         return F.conv2d(F.conv2d(z, w.view(1, 1, k, 1)), w.view(1, 1, 1, k))
 
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -73,13 +73,21 @@ def read_fmri_file(path: str | Path) -> np.ndarray:
     return x
 
 
+def _world_settings(data_cfg) -> dict | None:
+    """The synthetic world's settings, for the samples' metadata (mindvis-eval's synthetic classifier), or None."""
+    from ..finetune.data import synthetic_world
+
+    world = synthetic_world(data_cfg)
+    return asdict(world) if world else None
+
+
 def split_from_run(model_dir: Path, split: str):
     """The ``split`` pairs of the run that trained ``model_dir``, prepared as in training; ``test-trials``: the
     single repetitions of the test stimuli (``test`` holds their averages)."""
     from ..config import build_config
     from ..data.pairs import single_trials
     from ..finetune.config import FinetuneConfig
-    from ..finetune.data import build_stage_b_data, synthetic_world
+    from ..finetune.data import build_stage_b_data
 
     cfg_path = model_dir.parent / "config.yaml"
     if not cfg_path.is_file():
@@ -89,8 +97,7 @@ def split_from_run(model_dir: Path, split: str):
         cfg.data.include_test_trials = True
     enc = json.loads((model_dir / "conditioner" / "config.json").read_text())["encoder"]
     data = build_stage_b_data(cfg.data, enc["patch_size"], cfg.train.seed)
-    world = synthetic_world(cfg.data)
-    world = asdict(world) if world else None
+    world = _world_settings(cfg.data)
     if split == "test-trials":
         return single_trials(data.test), world
     return {"test": data.test, "val": data.val, "train": data.train}[split], world
@@ -111,15 +118,14 @@ def align_split(run: Path, split: str, patch_size: int):
     from ..align.engine import split_test_trials
     from ..config import build_config
     from ..data.pairs import single_trials
-    from ..finetune.data import build_stage_b_data, synthetic_world
+    from ..finetune.data import build_stage_b_data
 
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} is missing: --split needs the align run's config (or use --fmri FILE)")
     cfg = build_config(AlignConfig, cfg_path)
     data = build_stage_b_data(cfg.data, patch_size, cfg.train.seed)
-    world = synthetic_world(cfg.data)
-    world = asdict(world) if world else None
+    world = _world_settings(cfg.data)
     chosen = {"test": lambda: split_test_trials(data.test)[0], "test-trials": lambda: single_trials(data.test),
               "val": lambda: data.val, "train": lambda: data.train}[split]()
     return chosen, world
