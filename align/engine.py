@@ -26,7 +26,7 @@ from mindvis.data.pairs import TRIAL_MARK, PairedSplit
 from mindvis.evaluation.retrieval import (cosine_similarity, embedding_correlation, embedding_cosine,
                                           embedding_report, top_k)
 from mindvis.finetune.data import build_stage_b_data, synthetic_world
-from mindvis.models.brain_decoders import MBMDecoder, MBMDecoderConfig, MindEyeMLP, MLPConfig
+from mindvis.models.brain_decoders import MBMDecoder, MBMDecoderConfig, MindEyeMLP, MLPConfig, SharedMLP
 from mindvis.models.image_embedders import cached_embeddings, load_embedder, valid_target
 from mindvis.models.persistence import read_json
 from mindvis.models.ridge import RidgeConfig, RidgeDecoder
@@ -39,7 +39,8 @@ from .config import CONTRASTIVE, DECODERS
 
 log = logging.getLogger("mindvis.align")
 
-DECODER_CLASSES = {"RidgeDecoder": RidgeDecoder, "MindEyeMLP": MindEyeMLP, "MBMDecoder": MBMDecoder}
+DECODER_CLASSES = {"RidgeDecoder": RidgeDecoder, "MindEyeMLP": MindEyeMLP, "MBMDecoder": MBMDecoder,
+                   "SharedMLP": SharedMLP}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -270,6 +271,34 @@ def train_decoder(cfg: DictConfig, model, train_x: np.ndarray, train_y: np.ndarr
 
 
 # ----------------------------------------------------------------------------- reports
+def train_subjects(model: SharedMLP, data: dict[str, tuple[np.ndarray, np.ndarray]], epochs: int, lr: float = 3e-4,
+                   batch_size: int = 32, contrastive_weight: float = 0.75, temperature: float = 0.07,
+                   weight_decay: float = 0.01, seed: int = 0) -> list[float]:
+    """Fit a multi-subject decoder on ``data`` (subject -> (fMRI, target embeddings)): every epoch visits each
+    subject's pairs in shuffled batches with loss = w * CLIP + (1 - w) * MSE. Only parameters that require gradients
+    train (after ``add_subject``: the new adapter alone). Returns the mean loss of each epoch."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+    model.train()
+    for _ in range(epochs):
+        losses = []
+        for subject, (x, y) in data.items():
+            x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+            for idx in torch.randperm(len(x), generator=gen).split(batch_size):
+                out = model(x[idx], subject)
+                loss = (contrastive_weight * clip_loss(out["contrastive"], y[idx], temperature) +
+                        (1 - contrastive_weight) * mse_loss(out["regression"], y[idx]))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+        history.append(float(np.mean(losses)))
+    model.eval()
+    return history
+
+
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 

@@ -7,6 +7,9 @@ Backbones:
 
 * :class:`MindEyeMLP`: linear voxels -> hidden, LayerNorm, GELU, dropout; residual blocks of the same; linear to
   the embedding. MindEye's defaults: hidden 4096, 4 blocks, dropout 0.5 then 0.15, projector width 2048.
+* :class:`SharedMLP` (MindEye2's multi-subject idea): a linear adapter per subject from its voxels into a shared
+  space, then one :class:`MindEyeMLP` backbone and heads for every subject; a new subject is added by fitting only
+  its adapter (:meth:`SharedMLP.add_subject`).
 * :class:`MBMDecoder`: the SC-MBM encoder (a stage-A run, an original ``fmri_encoder.pth`` or random weights),
   then a head over its tokens. ``pool="flatten"`` (default): each token is normalised and projected to
   ``token_dim``, and the concatenation is mapped linearly to the embedding, so the head knows where in the ROI
@@ -116,3 +119,50 @@ class MBMDecoder(_TwoHeads, PretrainedMixin, nn.Module):
         if self.config.pool == "mean":
             return self.head(tokens.mean(1))  # (N, D)
         return self.head(self.token_proj(tokens).flatten(1))  # (N, L * token_dim) -> (N, D)
+
+
+@dataclass
+class SharedMLPConfig:
+    subjects: dict  # subject -> its voxel count
+    dim: int
+    shared: int = 1024  # width of the shared space the adapters map into (MindEye2: 4096)
+    hidden: int = 1024
+    blocks: int = 4
+    input_dropout: float = 0.5
+    block_dropout: float = 0.15
+    projector_hidden: int = 2048
+
+
+class SharedMLP(PretrainedMixin, nn.Module):
+    def __init__(self, config: SharedMLPConfig):
+        super().__init__()
+        c = self.config = config
+        self.adapters = nn.ModuleDict({s: nn.Linear(v, c.shared) for s, v in c.subjects.items()})
+        self.backbone = MindEyeMLP(MLPConfig(c.shared, c.dim, c.hidden, c.blocks, c.input_dropout, c.block_dropout,
+                                             c.projector_hidden))
+
+    def _config_dict(self) -> dict:
+        return asdict(self.config)
+
+    @classmethod
+    def _from_config_dict(cls, config: dict, saved_class: str) -> "SharedMLP":
+        return cls(SharedMLPConfig(**config))
+
+    def forward(self, x: torch.Tensor, subject: str) -> dict[str, torch.Tensor]:
+        """(N, V_subject) or (N, 1, V_subject) -> {"regression": (N, D), "contrastive": (N, D)}."""
+        if subject not in self.adapters:
+            raise KeyError(f"no adapter for subject {subject!r}; this decoder has {sorted(self.adapters)} "
+                           "(add_subject adds one)")
+        if x.ndim == 3:
+            x = x[:, 0]
+        return self.backbone(self.adapters[subject](x))  # (N, V_s) -> (N, shared) -> heads
+
+    def add_subject(self, subject: str, num_voxels: int) -> list[nn.Parameter]:
+        """A new subject's adapter; everything else is frozen, so fitting the returned parameters adapts the decoder
+        to the subject without changing what the other subjects use."""
+        if subject in self.adapters:
+            raise ValueError(f"subject {subject!r} has an adapter already")
+        self.requires_grad_(False)
+        self.adapters[subject] = nn.Linear(num_voxels, self.config.shared)
+        self.config.subjects = {**self.config.subjects, subject: num_voxels}
+        return list(self.adapters[subject].parameters())
