@@ -163,7 +163,7 @@ def contrastive_term(cfg: DictConfig, name: str, out: dict, y: torch.Tensor, mix
     return out["contrastive"].sum() * 0.0
 
 
-def _val_entry(model, fmri: np.ndarray, y: np.ndarray, cfg: DictConfig, temperature) -> dict:
+def validation_scores(model, fmri: np.ndarray, y: np.ndarray, cfg: DictConfig, temperature) -> dict:
     dec = decode(model, fmri)
     pred_c, pred_r, t = (torch.from_numpy(dec["contrastive"]), torch.from_numpy(dec["regression"]),
                          torch.from_numpy(y))
@@ -246,7 +246,7 @@ def train_decoder(cfg: DictConfig, model, train_x: np.ndarray, train_y: np.ndarr
                  "time_s": round(time.time() - t0, 1)}
         last = epoch + 1 == tc.epochs
         if main and len(val_x) >= 2 and ((epoch + 1) % tc.val_every == 0 or last):
-            entry |= _val_entry(raw, val_x, val_y, cfg, temperature)
+            entry |= validation_scores(raw, val_x, val_y, cfg, temperature)
             metric = sign * entry[tc.select_metric]
             if metric < best["metric"]:
                 best = {"metric": float(metric), "epoch": epoch + 1}
@@ -273,30 +273,46 @@ def train_decoder(cfg: DictConfig, model, train_x: np.ndarray, train_y: np.ndarr
 # ----------------------------------------------------------------------------- reports
 def train_subjects(model: SharedMLP, data: dict[str, tuple[np.ndarray, np.ndarray]], epochs: int, lr: float = 3e-4,
                    batch_size: int = 32, contrastive_weight: float = 0.75, temperature: float = 0.07,
-                   weight_decay: float = 0.01, seed: int = 0) -> list[float]:
+                   weight_decay: float = 0.01, seed: int = 0, val=None, val_every: int = 5) -> dict:
     """Fit a multi-subject decoder on ``data`` (subject -> (fMRI, target embeddings)): every epoch visits each
     subject's pairs in shuffled batches with loss = w * CLIP + (1 - w) * MSE. Only parameters that require gradients
-    train (after ``add_subject``: the new adapter alone). Returns the mean loss of each epoch."""
+    train (after ``add_subject``: the new adapter alone). ``val(model) -> score`` (higher is better), called every
+    ``val_every`` epochs and after the last, selects the epoch: the model ends with that epoch's weights.
+    Returns {"loss": mean loss per epoch, "val": [(epoch, score)], "best_epoch"}."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    history = []
-    model.train()
-    for _ in range(epochs):
+    tensors = {s: (torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32))
+               for s, (x, y) in data.items()}
+    out = {"loss": [], "val": [], "best_epoch": epochs}
+    best, best_state = -float("inf"), None
+    for epoch in range(1, epochs + 1):
+        model.train()
         losses = []
-        for subject, (x, y) in data.items():
-            x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+        for subject, (x, y) in tensors.items():
             for idx in torch.randperm(len(x), generator=gen).split(batch_size):
-                out = model(x[idx], subject)
-                loss = (contrastive_weight * clip_loss(out["contrastive"], y[idx], temperature) +
-                        (1 - contrastive_weight) * mse_loss(out["regression"], y[idx]))
+                if len(idx) < 2:  # a contrastive loss needs two items
+                    continue
+                pred = model(x[idx], subject)
+                loss = (contrastive_weight * clip_loss(pred["contrastive"], y[idx], temperature) +
+                        (1 - contrastive_weight) * mse_loss(pred["regression"], y[idx]))
+                check_finite_loss(loss, epoch - 1, len(losses), lr)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
-        history.append(float(np.mean(losses)))
+        out["loss"].append(float(np.mean(losses)))
+        if val is not None and (epoch % val_every == 0 or epoch == epochs):
+            model.eval()
+            score = float(val(model))
+            out["val"].append((epoch, score))
+            if score > best:
+                best, out["best_epoch"] = score, epoch
+                best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
-    return history
+    return out
 
 
 def _fmt(v) -> str:
@@ -372,6 +388,28 @@ def gallery_images(cfg: DictConfig, train: PairedSplit) -> np.ndarray:
     return np.stack(out)
 
 
+def score_split(dec: dict[str, np.ndarray], target: np.ndarray, ev: DictConfig, seed: int) -> dict:
+    """Every embedding metric of decoded embeddings against the split's targets. Retrieval uses the contrastive
+    head; correlation and cosine measure the regression head, the embedding a generator receives (for ridge the
+    two are the same)."""
+    tgt = torch.from_numpy(target)
+    rep = embedding_report(torch.from_numpy(dec["contrastive"]), tgt, ev.mindeye_subset, ev.mindeye_draws, seed)
+    reg = torch.from_numpy(dec["regression"])
+    rep["embedding_correlation"]["value"] = embedding_correlation(reg, tgt)
+    rep["embedding_cosine"]["value"] = embedding_cosine(reg, tgt)
+    return rep
+
+
+def averaging_curve(model, trials: np.ndarray, target: np.ndarray) -> list[dict]:
+    """Test-time averaging: top-1/top-5 of the first r repetitions' mean fMRI ((N, R, V) trials), r = 1..R."""
+    curve = []
+    for r in range(1, trials.shape[1] + 1):
+        pred = torch.from_numpy(decode(model, trials[:, :r].mean(1))["contrastive"])
+        sim = cosine_similarity(pred, torch.from_numpy(target))
+        curve.append({"repetitions": r, "top1": top_k(sim, 1), "top5": top_k(sim, 5), "chance": 1 / len(trials)})
+    return curve
+
+
 # ----------------------------------------------------------------------------- the command
 def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | None = None) -> dict:
     """Fit, select on validation, score the test set once; returns the report."""
@@ -421,25 +459,12 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
         for split, s in (("val", data.val), ("test", test)):
             if len(s) < 2:
                 continue
-            dec = decode(model, s.fmri)
-            scores[split] = dec
-            tgt = torch.from_numpy(emb[split])
-            rep = embedding_report(torch.from_numpy(dec["contrastive"]), tgt, ev.mindeye_subset, ev.mindeye_draws,
-                                   tc.seed)
-            # retrieval uses the contrastive head; correlation and cosine measure the regression head, the
-            # embedding a generator receives (for ridge the two are the same)
-            reg = torch.from_numpy(dec["regression"])
-            rep["embedding_correlation"]["value"] = embedding_correlation(reg, tgt)
-            rep["embedding_cosine"]["value"] = embedding_cosine(reg, tgt)
-            report[split] = rep
+            scores[split] = decode(model, s.fmri)
+            report[split] = score_split(scores[split], emb[split], ev, tc.seed)
             report[f"{split}_items"] = len(s)
         curve = []
         if trials is not None:
-            n = len(test)
-            for r in range(1, trials.shape[1] + 1):
-                pred = torch.from_numpy(decode(model, trials[:, :r].mean(1))["contrastive"])
-                sim = cosine_similarity(pred, torch.from_numpy(emb["test"]))
-                curve.append({"repetitions": r, "top1": top_k(sim, 1), "top5": top_k(sim, 5), "chance": 1 / n})
+            curve = averaging_curve(model, trials, emb["test"])
             plot_averaging(run_dir / "averaging.png", curve)
         report |= {"decoder": cfg.decoder.name, "target": cfg.target, "data": data.description,
                    "selection": selection, "selected_epoch": best["epoch"], "averaging": curve,

@@ -10,7 +10,7 @@ from .config import ConfigError, build_config, to_object
 
 def synth_main(argv=None) -> int:
     """Write the synthetic brain world (HCP, GOD and BOLD5000 layouts) into a folder."""
-    from .data.synthetic import SyntheticWorld, SyntheticWorldConfig
+    from .data.synthetic import DEVICE_PRESETS, SyntheticWorld, SyntheticWorldConfig, device_overrides
 
     p = argparse.ArgumentParser(
         prog="mindvis-synth", description=synth_main.__doc__,
@@ -20,6 +20,10 @@ def synth_main(argv=None) -> int:
     parts = ("hcp", "god", "bold5000", "nsd")
     p.add_argument("--parts", nargs="+", default=list(parts[:3]), metavar="{hcp,god,bold5000,nsd}",
                    help="which datasets to write (default: hcp god bold5000)")
+    p.add_argument("--device", choices=sorted(DEVICE_PRESETS),
+                   help="single-trial SNR and test repetitions of fMRI at this field strength: "
+                        + "; ".join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items())}" for k, v in
+                                    sorted(DEVICE_PRESETS.items())) + " (key=value overrides come after it)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="world settings (see the module docstring)")
     args = p.parse_args(argv)
     # key=value after --parts belongs to the overrides (argparse alone would give it to --parts)
@@ -28,7 +32,8 @@ def synth_main(argv=None) -> int:
     if not args.parts or any(a not in parts for a in args.parts):
         p.error(f"argument --parts: choose from {', '.join(parts)} (got {' '.join(args.parts) or 'none'})")
     try:
-        cfg = to_object(build_config(SyntheticWorldConfig, overrides=args.overrides))
+        device = device_overrides(args.device) if args.device else []
+        cfg = to_object(build_config(SyntheticWorldConfig, overrides=device + args.overrides))
         root = SyntheticWorld(cfg).write(args.out, args.parts)
     except (ConfigError, ValueError) as e:
         print(f"mindvis-synth: error: {e}", file=sys.stderr)

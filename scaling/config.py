@@ -9,6 +9,8 @@ from mindvis.align.config import AlignConfig
 #: decoder arms: ridge, MindEye's MLP, and the SC-MBM encoder random, pretrained on rest (stage A1) or pretrained on
 #: the target dataset's own fMRI only (stage A2 alone: the question of mind-vis issue #8)
 ARMS = ("ridge", "mlp", "mbm-random", "mbm-rest", "mbm-target")
+#: the subjects axis (decoder mlp-shared): every subject's pairs fixed, or the total over subjects fixed
+SUBJECT_MODES = ("per-subject", "total")
 
 
 @dataclass
@@ -20,6 +22,12 @@ class GridConfig:
     rest_encoder: str = ""  # mbm-rest: a stage-A run / model folder / original .pth pretrained on rest
     target_encoder: str = ""  # mbm-target: one pretrained on the target dataset's fMRI alone
     bootstrap: int = 1000  # resamples of the seeds for the slopes' confidence intervals
+    # the subjects axis: mlp-shared (per-subject adapters, one backbone) trained on the first S subjects, tested on
+    # the first; empty: no subjects axis
+    subjects: List[int] = field(default_factory=list)
+    subject_modes: List[str] = field(default_factory=lambda: ["per-subject", "total"])
+    subject_trials: int = 0  # pairs per subject (per-subject) or in all (total); 0: one subject's training split
+    subject_ids: List[str] = field(default_factory=list)  # GOD-layout subjects; empty: sbj_1, sbj_2, ...
 
 
 @dataclass

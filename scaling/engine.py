@@ -4,6 +4,9 @@ Cells: training sizes are nested subsets of one seeded order (``data.max_train``
 the same pairs; the validation split and the decoder's initialisation follow the seed. Each cell's result is written
 atomically to ``cells/<arm>-<size>-s<seed>.json``; a rerun skips finished cells (an interrupted one restarts).
 
+The subjects axis (``grid.subjects``): mlp-shared, per-subject adapters into one backbone, trained on the first S
+subjects with each subject's pairs fixed or with their total fixed, selected and tested on the first subject.
+
 Analysis, per arm, of the test top-1 retrieval (brain -> image among the test images): the mean and spread over
 seeds at each size; a least-squares fit of top-1 against log10(training pairs) with R^2 and a bootstrap confidence
 interval of the slope over seeds; the gaps to ridge and, when both arms ran, pretrained minus random and rest- minus
@@ -18,15 +21,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from mindvis.align.engine import align
+from mindvis.align.engine import (validation_scores, align, averaging_curve, decode, embed_images, score_split,
+                                  split_test_trials, train_subjects)
 from mindvis.config import ConfigError, check_settings, save_config
+from mindvis.data.fmri import DataError
 from mindvis.finetune.data import build_stage_b_data
+from mindvis.models.brain_decoders import SharedMLP, SharedMLPConfig
 from mindvis.utils.io import atomic_write_json, atomic_write_text
 
-from .config import ARMS
+from .config import ARMS, SUBJECT_MODES
 
 log = logging.getLogger("mindvis.scaling")
 METRICS = ("top1", "top5", "median_rank", "correlation")
@@ -45,6 +52,14 @@ def validate(cfg: DictConfig) -> None:
         ("mbm-target" not in g.arms or bool(g.target_encoder), "grid.target_encoder", g.target_encoder,
          "a stage-A2 run, model folder or .pth when grid.arms has mbm-target"),
         (g.bootstrap >= 0, "grid.bootstrap", g.bootstrap, ">= 0"),
+        (all(n >= 1 for n in g.subjects), "grid.subjects", list(g.subjects), "numbers of subjects >= 1"),
+        (not g.subjects or (len(g.subject_modes) > 0 and all(m in SUBJECT_MODES for m in g.subject_modes)),
+         "grid.subject_modes", list(g.subject_modes), f"a non-empty list of {SUBJECT_MODES}"),
+        (g.subject_trials >= 0, "grid.subject_trials", g.subject_trials, ">= 0 (0: one subject's training split)"),
+        (not g.subjects or cfg.cell.data.dataset in ("synthetic", "god"), "grid.subjects", list(g.subjects),
+         f"empty for dataset {cfg.cell.data.dataset!r}: the subjects axis reads GOD-layout subjects (synthetic, god)"),
+        (not g.subject_ids or len(g.subject_ids) >= max(g.subjects, default=0), "grid.subject_ids",
+         list(g.subject_ids), f"at least max(grid.subjects) = {max(g.subjects, default=0)} subjects"),
     ])
 
 
@@ -87,6 +102,96 @@ def run_cell(cfg: DictConfig, arm: str, label: str, n: int, seed: int, out: Path
                             for a in report.get("averaging", [])]}
     atomic_write_json(out / "cells" / f"{name}.json", result)
     return result
+
+
+def subject_ids(cfg: DictConfig) -> list[str]:
+    """The subjects of the subjects axis, the tested one first."""
+    return list(cfg.grid.subject_ids) or [f"sbj_{i + 1}" for i in range(max(cfg.grid.subjects))]
+
+
+def subject_cells(cfg: DictConfig) -> list[tuple[str, int, str, int]]:
+    """(name, subjects, mode, seed) of the subjects axis; one subject is the same cell in every mode."""
+    out = []
+    for seed in cfg.grid.seeds:
+        for n in sorted(set(cfg.grid.subjects)):
+            for mode in (["any"] if n == 1 else cfg.grid.subject_modes):
+                out.append((f"mlp-shared-{mode}-S{n}-s{seed}", n, mode, seed))
+    return out
+
+
+def run_subject_cell(cfg: DictConfig, name: str, n_subjects: int, mode: str, seed: int, out: Path) -> dict:
+    """Train mlp-shared on the first ``n_subjects`` subjects (each subject's pairs fixed, or their total fixed),
+    select the epoch on the first subject's validation split, and test on the first subject."""
+    t0 = time.time()
+    c = OmegaConf.merge(cfg.cell, {"train": {"seed": seed}})
+    ids = subject_ids(cfg)[:n_subjects]
+    total = cfg.grid.subject_trials or len(build_stage_b_data(
+        OmegaConf.merge(c.data, {"subjects": ids[:1], "max_train": 0}), 16, seed).train)
+    each = total if mode != "total" else max(2, total // n_subjects)
+    data = {s: build_stage_b_data(OmegaConf.merge(c.data, {"subjects": [s], "max_train": each}), 16, seed)
+            for s in ids}
+    first = data[ids[0]]
+    test, trials = split_test_trials(first.test)
+    held = set(first.val.ids) | set(test.ids)  # the tested subject's validation and test images train nobody
+    train = {}
+    for s, d in data.items():
+        keep = [i for i, x in enumerate(d.train.ids) if x not in held]
+        if len(keep) < 2:
+            raise DataError(f"subject {s}: fewer than two training pairs outside {ids[0]}'s validation and test images")
+        train[s] = d.train.subset(keep)
+    emb = embed_images(c, {**{f"train:{s}": t.images for s, t in train.items()}, "val": first.val.images,
+                           "test": test.images})
+    d, tc = c.decoder, c.train
+    torch.manual_seed(seed)
+    model = SharedMLP(SharedMLPConfig({s: t.fmri.shape[-1] for s, t in train.items()}, emb["test"].shape[1],
+                                      d.hidden, d.hidden, d.blocks, d.input_dropout, d.block_dropout,
+                                      d.projector_hidden))
+    sign = -1.0 if tc.select_metric == "val_loss" else 1.0
+
+    def val(m):
+        return sign * validation_scores(m.for_subject(ids[0]), first.val.fmri, emb["val"], c, c.loss.clip_temperature)[
+            tc.select_metric]
+
+    fit = train_subjects(model, {s: (t.fmri, emb[f"train:{s}"]) for s, t in train.items()}, tc.epochs, tc.lr,
+                         tc.batch_size, c.loss.contrastive_weight, c.loss.clip_temperature, tc.weight_decay, seed,
+                         val if len(first.val) >= 2 else None, tc.val_every)
+    view = model.for_subject(ids[0])
+    rep = score_split(decode(view, test.fmri), emb["test"], c.eval, seed)
+    model.save_pretrained(out / "runs" / name / "model")
+    result = {"arm": "mlp-shared", "subjects": n_subjects, "mode": mode, "seed": seed, "ids": ids,
+              "pairs_per_subject": {s: len(t) for s, t in train.items()}, "best_epoch": fit["best_epoch"],
+              "seconds": round(time.time() - t0, 1),
+              "test": {"top1": rep["top1_brain_to_image"]["value"], "top5": rep["top5_brain_to_image"]["value"],
+                       "median_rank": rep["relative_median_rank"]["value"],
+                       "correlation": rep["embedding_correlation"]["value"]},
+              "chance": {"top1": rep["top1_brain_to_image"]["chance"], "top5": rep["top5_brain_to_image"]["chance"],
+                         "median_rank": 0.5, "correlation": 0.0},
+              "averaging": [{"repetitions": a["repetitions"], "top1": a["top1"], "top5": a["top5"]}
+                            for a in (averaging_curve(view, trials, emb["test"]) if trials is not None else [])]}
+    atomic_write_json(out / "cells" / f"{name}.json", result)
+    return result
+
+
+def analyse_subjects(results: list[dict], modes: list[str], bootstrap: int, seed: int = 0) -> dict:
+    """Per mode: top-1 mean/std over seeds per number of subjects (one-subject cells count in every mode) and the
+    fit of top-1 on log10(subjects)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for mode in modes:
+        rs = [r for r in results if r["mode"] in (mode, "any")]
+        if not rs:
+            continue
+        curve = []
+        for k in sorted({r["subjects"] for r in rs}):
+            v = np.array([r["test"]["top1"] for r in rs if r["subjects"] == k])
+            curve.append({"subjects": k, "top1": {"mean": float(v.mean()), "std": float(v.std()),
+                                                  "chance": rs[0]["chance"]["top1"]}, "seeds": len(v),
+                          "pairs_per_subject": float(np.mean([np.mean(list(r["pairs_per_subject"].values()))
+                                                              for r in rs if r["subjects"] == k]))})
+        fit = fit_log_linear(np.array([r["subjects"] for r in rs], float), np.array([r["test"]["top1"] for r in rs]),
+                             np.array([r["seed"] for r in rs]), bootstrap, rng)
+        out[mode] = {"curve": curve, "fit": fit}
+    return out
 
 
 def fit_log_linear(n: np.ndarray, y: np.ndarray, seeds: np.ndarray, bootstrap: int, rng) -> dict:
@@ -161,7 +266,10 @@ def analyse(results: list[dict], bootstrap: int = 1000, seed: int = 0) -> dict:
 
 def markdown(report: dict) -> str:
     a = report["analysis"]
-    lines = ["# Scaling study", "", f"{report['data']}; target {report['target']}; seeds {report['seeds']}.", "",
+    world = report.get("world")
+    setting = "" if not world else (f" (world: single-trial SNR {world['snr']:g}, {world['test_repeats']} test "
+                                    f"repetitions, {world['response']} responses, shared noise {world['shared_noise']:g})")
+    lines = ["# Scaling study", "", f"{report['data']}{setting}; target {report['target']}; seeds {report['seeds']}.", "",
              "Test top-1 retrieval (brain -> image among the test images; mean ± std over seeds):", "",
              "| arm | training pairs | top-1 | chance | top-5 | median rank | embedding r |", "|---|---|---|---|---|---|---|"]
     for arm, e in a["arms"].items():
@@ -190,6 +298,13 @@ def markdown(report: dict) -> str:
         lines += ["", "Test-time averaging at the largest size (top-1 over 1..R repetitions):", "",
                   "| arm | " + " | ".join(f"R={r}" for r in reps) + " |", "|---" * (len(reps) + 1) + "|"]
         lines += [f"| {arm} | " + " | ".join(f"{p['top1']:.3f}" for p in pts) + " |" for arm, pts in avg.items()]
+    for mode, e in a.get("subjects", {}).items():
+        fit = e["fit"]
+        slope = "" if fit["slope"] is None else f"; top-1 = {fit['intercept']:.3f} + {fit['slope']:.3f} log10(S)"
+        lines += ["", f"Subjects axis, mlp-shared, {mode} pairs fixed (tested on the first subject){slope}:", "",
+                  "| subjects S | pairs per subject | top-1 | chance |", "|---|---|---|---|"]
+        lines += [f"| {r['subjects']} | {r['pairs_per_subject']:.0f} | {r['top1']['mean']:.3f} ± {r['top1']['std']:.3f} | "
+                  f"{r['top1']['chance']:.3f} |" for r in e["curve"]]
     return "\n".join(lines) + "\n"
 
 
@@ -232,6 +347,19 @@ def plot(report: dict, out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "averaging.png", dpi=120)
         plt.close(fig)
+    if a.get("subjects"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for mode, e in a["subjects"].items():
+            k = [r["subjects"] for r in e["curve"]]
+            m, s = np.array([r["top1"]["mean"] for r in e["curve"]]), np.array([r["top1"]["std"] for r in e["curve"]])
+            line, = ax.plot(k, m, "o-", label=f"mlp-shared, {mode} pairs fixed")
+            ax.fill_between(k, m - s, m + s, color=line.get_color(), alpha=0.2)
+        ax.axhline(chance, color="gray", lw=1, ls=":", label="chance")
+        ax.set(xlabel="training subjects", ylabel="test top-1 (first subject)", title="scaling with subjects")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "subjects.png", dpi=120)
+        plt.close(fig)
 
 
 def scaling(cfg: DictConfig, out: str | Path) -> dict:
@@ -247,17 +375,35 @@ def scaling(cfg: DictConfig, out: str | Path) -> dict:
     else:
         save_config(cfg, config_file)
     cells = [(arm, label, n, seed) for seed in cfg.grid.seeds for label, n in sizes(cfg, seed) for arm in cfg.grid.arms]
-    results = []
-    for arm, label, n, seed in tqdm(cells, desc="scaling cells"):
-        done = out / "cells" / f"{arm}-{label}-s{seed}.json"
-        if done.is_file():
-            results.append(json.loads(done.read_text()))
-            continue
-        log.info("cell %s, %s (%d training pairs), seed %d", arm, label, n, seed)
-        results.append(run_cell(cfg, arm, label, n, seed, out))
+    extra = subject_cells(cfg) if cfg.grid.subjects else []
+    results, subject_results = [], []
+    with tqdm(total=len(cells) + len(extra), desc="scaling cells") as bar:
+        for arm, label, n, seed in cells:
+            done = out / "cells" / f"{arm}-{label}-s{seed}.json"
+            if done.is_file():
+                results.append(json.loads(done.read_text()))
+            else:
+                log.info("cell %s, %s (%d training pairs), seed %d", arm, label, n, seed)
+                results.append(run_cell(cfg, arm, label, n, seed, out))
+            bar.update()
+        for name, k, mode, seed in extra:
+            done = out / "cells" / f"{name}.json"
+            if done.is_file():
+                subject_results.append(json.loads(done.read_text()))
+            else:
+                log.info("cell mlp-shared, %d subjects (%s), seed %d", k, mode, seed)
+                subject_results.append(run_subject_cell(cfg, name, k, mode, seed, out))
+            bar.update()
     first = results[0]
+    analysis = analyse(results, cfg.grid.bootstrap)
+    if subject_results:
+        analysis["subjects"] = analyse_subjects(subject_results, list(cfg.grid.subject_modes), cfg.grid.bootstrap)
+    world = cfg.cell.data.synthetic if cfg.cell.data.dataset == "synthetic" else None
     report = {"data": cfg.cell.data.dataset, "target": cfg.cell.target, "seeds": list(cfg.grid.seeds),
-              "cells": results, "analysis": analyse(results, cfg.grid.bootstrap), "chance_top1": first["chance"]["top1"]}
+              "world": None if world is None else {k: world[k] for k in ("snr", "test_repeats", "response",
+                                                                           "shared_noise")},
+              "cells": results, "subject_cells": subject_results, "analysis": analysis,
+              "chance_top1": first["chance"]["top1"]}
     atomic_write_json(out / "scaling.json", report)
     atomic_write_text(out / "scaling.md", markdown(report))
     plot(report, out)

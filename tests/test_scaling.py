@@ -94,3 +94,40 @@ def test_settings_are_checked(cache_dir, tmp_path, capsys):
     (tmp_path / "t" / "config.yaml").write_text("grid:\n  seeds: [7]\n")
     assert main(tiny_args(cache_dir, tmp_path / "t")) == 2
     assert "holds a study with other settings" in capsys.readouterr().err
+
+
+def test_subjects_axis_trains_the_shared_decoder_on_more_subjects(cache_dir, tmp_path, capsys):
+    out = tmp_path / "subjects"
+    args = tiny_args(cache_dir, out, "grid.fractions=[1.0]", "grid.seeds=[0]", "grid.arms=[ridge]",
+                     "grid.subjects=[1,2]", "cell.data.synthetic.god_subjects=2", "cell.data.subjects=[sbj_1]")
+    assert main(args) == 0
+    report = json.loads((out / "scaling.json").read_text())
+    cells = {(c["subjects"], c["mode"]): c for c in report["subject_cells"]}
+    assert set(cells) == {(1, "any"), (2, "per-subject"), (2, "total")}  # one subject: one cell for both modes
+    full = cells[1, "any"]["pairs_per_subject"]["sbj_1"]
+    assert cells[2, "per-subject"]["pairs_per_subject"] == {"sbj_1": full, "sbj_2": full}
+    assert cells[2, "total"]["pairs_per_subject"] == {"sbj_1": full // 2, "sbj_2": full // 2}
+    subjects = report["analysis"]["subjects"]
+    assert [r["subjects"] for r in subjects["total"]["curve"]] == [1, 2] == [r["subjects"] for r in
+                                                                            subjects["per-subject"]["curve"]]
+    assert subjects["total"]["curve"][0] == subjects["per-subject"]["curve"][0]
+    for c in report["subject_cells"]:
+        assert 0 <= c["test"]["top1"] <= 1 and c["chance"]["top1"] == report["chance_top1"]
+        assert c["averaging"] and c["averaging"][0]["repetitions"] == 1
+    saved = (out / "runs" / "mlp-shared-total-S2-s0" / "model")
+    from mindvis.align.engine import load_decoder
+    assert set(load_decoder(saved).config.subjects) == {"sbj_1", "sbj_2"}
+    assert (out / "subjects.png").is_file() and "Subjects axis" in (out / "scaling.md").read_text()
+    # the world must hold the subjects; other datasets have no subjects axis
+    assert main(tiny_args(cache_dir, tmp_path / "few", "grid.subjects=[1,3]", "cell.data.subjects=[sbj_1]")) == 2
+    assert "sbj_2" in capsys.readouterr().err
+    assert main(tiny_args(cache_dir, tmp_path / "nsd", "grid.subjects=[2]", "--dataset", "nsd")) == 2
+    assert "subjects axis" in capsys.readouterr().err
+
+
+def test_device_presets_set_the_worlds_noise(tmp_path, capsys):
+    assert main(["--dataset", "synthetic", "--device", "3t", "--out", str(tmp_path / "d"), "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "snr: 0.06" in text and "test_repeats: 35" in text
+    assert main(["--dataset", "god", "--device", "7t", "--out", str(tmp_path / "d")]) == 2
+    assert "--device 7t" in capsys.readouterr().err

@@ -36,7 +36,7 @@ def test_a_held_out_subject_is_added_by_fitting_only_its_adapter(subjects, tmp_p
     torch.manual_seed(0)
     voxels = {s: subjects[s][0].shape[1] for s in ("sbj_1", "sbj_2")}
     model = SharedMLP(SharedMLPConfig(voxels, 48, shared=64, hidden=64, blocks=1, projector_hidden=64))
-    history = train_subjects(model, {s: subjects[s] for s in voxels}, epochs=40, lr=1e-3)
+    history = train_subjects(model, {s: subjects[s] for s in voxels}, epochs=40, lr=1e-3)["loss"]
     assert history[-1] < 0.7 * history[0]
     shared = {k: v.clone() for k, v in model.state_dict().items()}
     x3, y3 = subjects["sbj_3"]
@@ -58,3 +58,25 @@ def test_a_held_out_subject_is_added_by_fitting_only_its_adapter(subjects, tmp_p
         model(torch.from_numpy(x3), "sbj_9")
     with pytest.raises(ValueError, match="has an adapter already"):
         model.add_subject("sbj_3", 10)
+
+
+def test_validation_selects_the_epoch_and_restores_its_weights(subjects):
+    torch.manual_seed(0)
+    x, y = subjects["sbj_1"]
+    model = SharedMLP(SharedMLPConfig({"sbj_1": x.shape[1]}, 48, shared=32, hidden=32, blocks=1, projector_hidden=32))
+    seen = {}
+
+    def val(m):  # a score that peaks at the second validation (epoch 4)
+        seen[len(seen) + 1] = {k: v.clone() for k, v in m.state_dict().items()}
+        return {1: 0.1, 2: 0.9, 3: 0.5}[len(seen)]
+
+    out = train_subjects(model, {"sbj_1": (x, y)}, epochs=5, lr=1e-3, val=val, val_every=2)
+    assert [e for e, _ in out["val"]] == [2, 4, 5] and out["best_epoch"] == 4
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, seen[2][k]), k
+    assert any(not torch.equal(seen[2][k], seen[3][k]) for k in seen[2])  # training went on after epoch 4
+    view = model.for_subject("sbj_1")
+    xt = torch.from_numpy(x[:4])
+    assert torch.equal(view(xt)["contrastive"], model(xt, "sbj_1")["contrastive"])
+    with pytest.raises(KeyError, match="sbj_2"):
+        model.for_subject("sbj_2")

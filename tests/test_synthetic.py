@@ -2,6 +2,7 @@ import hashlib
 import json
 
 import numpy as np
+import pytest
 
 from mindvis.commands import synth_main
 from mindvis.data.synthetic import (HCP_AREAS, SyntheticWorld, SyntheticWorldConfig, make_brain)
@@ -78,9 +79,64 @@ def test_brain_structure():
     assert np.abs(brain.loading[sl["V1"]]).max() == 0 and np.abs(brain.loading[sl["V4"]]).mean() > 0
     # neighbouring voxels are correlated, distant ones much less
     feats = rng.normal(size=(300, 32 * 32, 8))
-    s = brain.signal(feats, rng.normal(size=(300, 16)))
+    cats = rng.normal(size=(300, 16))
+    with pytest.raises(RuntimeError, match="calibrate"):
+        brain.signal(feats, cats)
+    brain.calibrate(feats, cats)
+    s = brain.signal(feats, cats)
+    np.testing.assert_allclose(s.std(0), 1, atol=1e-3)
     c = np.corrcoef(s.T)
     assert np.mean(np.diag(c, 1)) > 0.5 > np.mean(np.abs(np.diag(c, 400)))
+
+
+def test_css_response_rectifies_normalises_and_compresses():
+    rng = np.random.default_rng(0)
+    cfg = SyntheticWorldConfig(response_floor=0.3)
+    brain = make_brain(HCP_AREAS, [64, 64, 64, 64], 16, 8, rng, cfg=cfg)
+    feats, cats = rng.normal(size=(400, 16 * 16, 8)), rng.normal(size=(400, 8))
+    brain.calibrate(feats, cats)
+    s = brain.signal(feats, cats)
+    # rectification: the response_floor fraction of stimuli leaves each voxel at its resting level
+    at_rest = (s <= s.min(0) + 1e-5).mean(0)
+    np.testing.assert_allclose(at_rest, 0.3, atol=0.01)
+    c = brain.calib
+    base = np.full((1, brain.n_voxels), c["mean"] + c["std"] * (c["theta"] + 1.0))  # every voxel 1 sd above
+    r = lambda d: brain._respond(d, c)[0]
+    v = 100  # a V2 voxel
+    louder = base.copy()
+    louder[0, v] = c["mean"][v] + c["std"][v] * (c["theta"][v] + 2.0)
+    own = r(louder)[v] / r(base)[v]
+    assert 1 < own < 2  # compressive: twice the rectified drive, less than twice the response
+    neighbours = base.copy()
+    neighbours[0, v - 5:v + 6] += 2 * c["std"][v - 5:v + 6]
+    neighbours[0, v] = base[0, v]
+    assert r(neighbours)[v] < r(base)[v]  # divisive normalisation by the neighbourhood
+    far = base.copy()
+    far[0, 200:] += 2 * c["std"][200:]  # another area (V4) leaves a V2 voxel's response unchanged
+    assert r(far)[v] == pytest.approx(r(base)[v])
+    # the linear world is the drive itself
+    linear = make_brain(HCP_AREAS, [64, 64, 64, 64], 16, 8, np.random.default_rng(0),
+                        cfg=SyntheticWorldConfig(response="linear"))
+    linear.calibrate(feats, cats)
+    d = linear.drive(feats, cats)
+    np.testing.assert_allclose(linear.signal(feats, cats), (d - d.mean(0)) / d.std(0), atol=1e-4)
+
+
+def test_shared_noise_is_common_to_distant_voxels():
+    rng = np.random.default_rng(0)
+    corr = {}
+    for shared in (0.0, 0.5):
+        brain = make_brain(HCP_AREAS, [64, 64, 64, 64], 16, 8, np.random.default_rng(1),
+                           cfg=SyntheticWorldConfig(shared_noise=shared, noise_factors=2))
+        n = brain.noise(4000, 0.25, rng)
+        np.testing.assert_allclose(n.var(0), 4.0, rtol=0.1)  # variance 1/snr
+        c = np.corrcoef(n.T)
+        corr[shared] = np.mean(np.abs(np.diag(c, 150)))  # voxels of different areas
+    assert corr[0.0] < 0.05 < 0.2 < corr[0.5]
+    with pytest.raises(ValueError, match="shared_noise"):
+        make_brain(HCP_AREAS, [8, 8, 8, 8], 16, 8, rng, cfg=SyntheticWorldConfig(shared_noise=1.0))
+    with pytest.raises(ValueError, match="response"):
+        make_brain(HCP_AREAS, [8, 8, 8, 8], 16, 8, rng, cfg=SyntheticWorldConfig(response="relu"))
 
 
 def test_resting_state_is_autocorrelated_and_spatially_smooth(tiny_world):
@@ -98,6 +154,9 @@ def test_synth_command(tmp_path):
     assert synth_main(args) == 0
     assert (tmp_path / "w" / "GOD" / "sbj_1.npz").is_file() and not (tmp_path / "w" / "HCP").exists()
     assert synth_main(["--out", str(tmp_path / "x"), "no_such_key=1"]) == 2
+    assert synth_main(args[:-1] + ["god", "--device", "7t"] + ["--out", str(tmp_path / "7t")]) == 0
+    meta = json.loads((tmp_path / "7t" / "GOD" / "meta.json").read_text())["config"]
+    assert (meta["snr"], meta["test_repeats"]) == (0.25, 2)  # the preset's snr; key=value overrides win
 
 
 def test_image_only_caches_ignore_brain_settings():

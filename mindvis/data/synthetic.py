@@ -16,12 +16,21 @@ The model, in short:
   along the sheet, so neighbouring voxels are correlated. Higher areas add a category component: a
   fixed nonlinear embedding of the class attributes (invariant to the instance jitter) read out by
   smoothly varying voxel loadings; its weight grows from V1 (none) to PPA.
-* **Measurement**: each voxel's signal is scaled to unit variance and noise at signal-to-noise
-  ratio ``snr`` (variance ratio) is added, part of it smooth along the sheet.
+* **Response nonlinearity** (``response="css"``, the default; ``"linear"`` with ``shared_noise=0`` is the
+  earlier versions' world): a voxel's linear drive is rectified (a fraction ``response_floor`` of stimuli leaves it
+  at rest), divided by the activity of its neighbourhood on the sheet (divisive normalisation, Heeger 1992; the DN
+  stage of Kay et al. 2013, PLoS Comput Biol) and compressed by a power law with an exponent below one that falls
+  from V1 to the higher areas (compressive spatial summation, Kay et al. 2013, J Neurophysiol).
+* **Measurement**: each voxel's signal is scaled to unit variance and noise at signal-to-noise ratio ``snr``
+  (variance ratio) is added: per voxel, part of it smooth along the sheet, and a fraction ``shared_noise`` common
+  to all voxels through ``noise_factors`` sources with smooth loadings (the shared fluctuations that GLMdenoise,
+  used for NSD's betas, estimates from noise-pool voxels). ``DEVICE_PRESETS`` name the single-trial SNR and test
+  repetitions of 3T (GOD-like) and 7T (NSD-like) fMRI.
 * **NSD**: the subjects' images are shown three times each in a random order, 750 trials per session; voxels
   sit at the nsdgeneral positions of a small 1.8-mm volume (the rest of the volume is noise), and every
   session adds its own per-voxel offset and gain to the betas, which per-session z-scoring removes.
-* **Resting state** (HCP): spontaneous activity drives the same encoding model with spatially
+* **Resting state** (HCP): spontaneous activity drives the same encoding model (RFs, tunings, nonlinearity and
+  noise sources) with spatially
   smooth random feature maps and a random category vector that evolve as AR(1) processes (time
   constant ``rest_tau_s``), plus temporally autocorrelated noise and a global signal; TR 0.72 s.
 
@@ -53,6 +62,16 @@ NSD_TRIALS_PER_SESSION = 750
 # receptive-field size (fraction of the image width) and category weight per area
 _RF_SIZE = {"V1": 0.04, "V2": 0.07, "V3": 0.10, "V4": 0.15, "LOC": 0.25, "FFA": 0.3, "PPA": 0.35,
             "EarlyVis": 0.06, "OPA": 0.25, "RSC": 0.35}
+# compressive exponent per area (Kay et al. 2013: below 1 everywhere, smaller in anterior areas)
+_CSS_EXPONENT = {"V1": 0.5, "V2": 0.4, "V3": 0.35, "V4": 0.3, "LOC": 0.25, "FFA": 0.2, "PPA": 0.2,
+                 "EarlyVis": 0.45, "OPA": 0.25, "RSC": 0.2}
+RESPONSES = ("css", "linear")
+#: single-trial variance SNR and test repetitions of the fMRI the study compares. 7T: NSD's betas (1.8 mm, b3),
+#: whose noise-ceiling SNR (signal sd / noise sd) in nsdgeneral is mostly around 0.3-0.6 -> variance ~0.25, three
+#: repetitions per image. 3T: GOD (Horikawa & Kamitani 2017; 3 mm voxels, single-trial betas of one 9-s block),
+#: taken at about half NSD's noise-ceiling SNR -> variance ~0.06, 35 test repetitions. Orders of magnitude, not
+#: measurements of this world.
+DEVICE_PRESETS = {"7t": {"snr": 0.25, "test_repeats": 3}, "3t": {"snr": 0.06, "test_repeats": 35}}
 _CATEGORY_WEIGHT = {"V1": 0.0, "V2": 0.1, "V3": 0.25, "V4": 0.45, "LOC": 0.65, "FFA": 0.75, "PPA": 0.75,
                     "EarlyVis": 0.05, "OPA": 0.6, "RSC": 0.7}
 
@@ -91,8 +110,14 @@ class SyntheticWorldConfig:
     nsd_volume: list[int] = field(default_factory=lambda: [12, 14, 12])  # the betas' grid (X, Y, Z)
     nsd_voxels: list[int] = field(default_factory=lambda: [120, 100, 80, 60, 60, 40, 40])  # TASK_AREAS in nsdgeneral
     nsd_session_drift: float = 0.5  # std of the per-session voxel offsets (gains vary by the same fraction)
+    # voxel responses (see the module docstring): "css" (rectify, normalise, compress) or "linear"
+    response: str = "css"
+    response_floor: float = 0.3  # fraction of stimuli below a voxel's rectification threshold
+    normalisation_width: float = 6.0  # voxels on the sheet in the normalisation pool (Gaussian sd)
     # measurement
     snr: float = 1.0
+    shared_noise: float = 0.3  # fraction of the noise variance common to all voxels through a few sources
+    noise_factors: int = 4
     subject_variability: float = 0.3
 
     def fingerprint(self) -> str:
@@ -237,9 +262,22 @@ def _sheet_centres(n: int, rng: np.random.Generator, jitter: float) -> np.ndarra
     return np.clip(pts, 0.02, 0.98)
 
 
+def _pool_kernel(area_sizes, width: float) -> np.ndarray:
+    """(V, V) Gaussian averaging kernel along the sheet within each area; rows sum to 1."""
+    blocks, start, V = [], 0, sum(area_sizes)
+    k = np.zeros((V, V), np.float32)
+    for n in area_sizes:
+        idx = np.arange(n)
+        b = np.exp(-0.5 * ((idx[:, None] - idx[None, :]) / width) ** 2)
+        k[start:start + n, start:start + n] = b / b.sum(1, keepdims=True)
+        start += n
+    return k
+
+
 @dataclass
 class Brain:
-    """The encoding model of one subject: per voxel an RF, a feature tuning, a category loading."""
+    """The encoding model of one subject: per voxel an RF, a feature tuning, a category loading, a response
+    nonlinearity and a noise model."""
 
     areas: list[str]
     area_sizes: list[int]
@@ -248,7 +286,13 @@ class Brain:
     loading: np.ndarray  # (V, K) category loadings, already weighted per area
     feature_weight: np.ndarray  # (V,) weight of the feature path
     noise_mix: np.ndarray  # (V,) fraction of noise that is smooth along the sheet
-    scale: np.ndarray | None = None  # (V, 2) mean and std of the signal, set by calibrate()
+    exponent: np.ndarray  # (V,) compressive exponent of the css response
+    noise_loading: np.ndarray  # (V, noise_factors) loadings of the shared noise sources, unit-norm rows
+    response: str = "css"
+    response_floor: float = 0.3
+    normalisation_width: float = 6.0
+    shared_noise: float = 0.0
+    calib: dict | None = None  # per-voxel constants fixed by calibrate()
 
     @property
     def n_voxels(self) -> int:
@@ -261,36 +305,78 @@ class Brain:
             start += n
         return out
 
-    def signal(self, feats: np.ndarray, categories: np.ndarray) -> np.ndarray:
-        """Noise-free responses (N, V) to features (N, G*G, 8) and category vectors (N, K)."""
+    def drive(self, feats: np.ndarray, categories: np.ndarray) -> np.ndarray:
+        """Linear drive (N, V): RF-pooled features weighted by the tuning, plus the category read-out."""
         n = feats.shape[0]
         pooled = (self.rf @ feats.transpose(1, 0, 2).reshape(self.rf.shape[1], -1)).reshape(-1, n, N_FEATURES)
         feat_path = np.einsum("vnf,vf->nv", pooled, self.tuning)
-        s = self.feature_weight * feat_path + categories @ self.loading.T
-        if self.scale is not None:
-            s = (s - self.scale[:, 0]) / self.scale[:, 1]
-        return s.astype(np.float32)
+        return self.feature_weight * feat_path + categories @ self.loading.T
+
+    def _respond(self, d: np.ndarray, c: dict) -> np.ndarray:
+        """css: rectify at the voxel's threshold, divide by the pool's activity plus the semi-saturation
+        constant, compress with the voxel's exponent."""
+        a = np.maximum((d - c["mean"]) / c["std"] - c["theta"], 0.0)
+        pool = a @ self._kernel().T
+        return (a / (c["sigma"] + pool)) ** self.exponent
+
+    def _kernel(self) -> np.ndarray:
+        if getattr(self, "_pool", None) is None:
+            self._pool = _pool_kernel(self.area_sizes, self.normalisation_width)
+        return self._pool
+
+    def signal(self, feats: np.ndarray, categories: np.ndarray) -> np.ndarray:
+        """Noise-free responses (N, V) to features (N, G*G, 8) and category vectors (N, K); unit variance
+        on the calibration stimuli once calibrated."""
+        if self.calib is None:
+            raise RuntimeError("Brain.signal needs calibrate() first")
+        s = self.drive(feats, categories)
+        if self.response == "css":
+            s = self._respond(s, self.calib)
+        return ((s - self.calib["out_mean"]) / self.calib["out_std"]).astype(np.float32)
 
     def calibrate(self, feats: np.ndarray, categories: np.ndarray) -> None:
-        """Fix each voxel's signal mean and scale on reference stimuli so that signal variance is 1."""
-        self.scale = None
-        s = self.signal(feats, categories)
-        self.scale = np.stack([s.mean(0), s.std(0) + 1e-6], axis=1)
+        """Fix each voxel's constants on reference stimuli: the drive's scale, the rectification threshold
+        (the ``response_floor`` quantile), the semi-saturation constant (the pool's median activity) and the
+        output's mean and scale (so that signal variance is 1)."""
+        d = self.drive(feats, categories)
+        c = {"mean": d.mean(0), "std": d.std(0) + 1e-6}
+        out = d
+        if self.response == "css":
+            z = (d - c["mean"]) / c["std"]
+            c["theta"] = np.quantile(z, self.response_floor, axis=0)
+            pool = np.maximum(z - c["theta"], 0.0) @ self._kernel().T
+            c["sigma"] = np.median(pool, axis=0) + 1e-3
+            out = self._respond(d, c)
+        c["out_mean"], c["out_std"] = out.mean(0), out.std(0) + 1e-6
+        self.calib = c
 
     def noise(self, n: int, snr: float, rng: np.random.Generator) -> np.ndarray:
-        """(n, V) measurement noise with variance 1/snr, partly smooth along the sheet."""
+        """(n, V) measurement noise with variance 1/snr: per voxel, partly smooth along the sheet, and a
+        ``shared_noise`` fraction common to all voxels through the shared sources."""
         white = rng.normal(0, 1, (n, self.n_voxels))
         smooth = _smooth_along(rng.normal(0, 1, (self.n_voxels, n)), 3.0).T
         mix = self.noise_mix
-        return ((np.sqrt(1 - mix) * white + np.sqrt(mix) * smooth) / np.sqrt(snr)).astype(np.float32)
+        out = np.sqrt(1 - mix) * white + np.sqrt(mix) * smooth
+        if self.shared_noise > 0:
+            shared = rng.normal(0, 1, (n, self.noise_loading.shape[1])) @ self.noise_loading.T
+            out = np.sqrt(1 - self.shared_noise) * out + np.sqrt(self.shared_noise) * shared
+        return (out / np.sqrt(snr)).astype(np.float32)
 
 
 def make_brain(areas, sizes, grid: int, category_dim: int, rng: np.random.Generator,
-               template: Brain | None = None, variability: float = 0.3) -> Brain:
-    """Draw a subject's encoding model; with ``template``, perturb that one (HCP subjects share one)."""
+               template: Brain | None = None, variability: float = 0.3,
+               cfg: "SyntheticWorldConfig | None" = None) -> Brain:
+    """Draw a subject's encoding model; with ``template``, perturb that one (HCP subjects share one).
+    ``cfg`` gives the response and noise settings (the defaults of SyntheticWorldConfig without it)."""
+    cfg = cfg or SyntheticWorldConfig()
+    if cfg.response not in RESPONSES:
+        raise ValueError(f"response must be one of {RESPONSES}, got {cfg.response!r}")
+    if not 0 <= cfg.shared_noise < 1 or cfg.noise_factors < 1:
+        raise ValueError(f"shared_noise must be in [0, 1) and noise_factors >= 1, got {cfg.shared_noise}, "
+                         f"{cfg.noise_factors}")
     yy, xx = (np.mgrid[0:grid, 0:grid] + 0.5) / grid
     cells = np.stack([xx.ravel(), yy.ravel()], axis=1)  # (G*G, 2)
-    rfs, tunings, loadings, fweights = [], [], [], []
+    rfs, tunings, loadings, fweights, exps = [], [], [], [], []
     for area, n in zip(areas, sizes):
         centres = _sheet_centres(n, rng, jitter=0.01)
         ecc = np.linalg.norm(centres - 0.5, axis=1)
@@ -303,13 +389,20 @@ def make_brain(areas, sizes, grid: int, category_dim: int, rng: np.random.Genera
         cw = _CATEGORY_WEIGHT[area]
         loadings[-1] *= cw
         fweights.append(np.full(n, 1.0 - cw))
+        exps.append(np.full(n, _CSS_EXPONENT[area]))
     rf, tuning, loading = np.concatenate(rfs), np.concatenate(tunings), np.concatenate(loadings)
     if template is not None:
         rf = template.rf
         tuning = np.sqrt(1 - variability**2) * template.tuning + variability * tuning
         loading = np.sqrt(1 - variability**2) * template.loading + variability * loading
     noise_mix = rng.uniform(0.3, 0.6, rf.shape[0])
-    return Brain(list(areas), list(sizes), rf, tuning, loading, np.concatenate(fweights), noise_mix)
+    # drawn last, so that a world with response="linear" and shared_noise=0 is the earlier versions' world
+    exponent = np.concatenate(exps) * np.exp(rng.normal(0, 0.2, rf.shape[0]))
+    noise_loading = _smooth_along(rng.normal(0, 1, (rf.shape[0], cfg.noise_factors)), 20.0)
+    noise_loading /= np.linalg.norm(noise_loading, axis=1, keepdims=True) + 1e-8
+    return Brain(list(areas), list(sizes), rf, tuning, loading, np.concatenate(fweights), noise_mix,
+                 exponent, noise_loading, cfg.response, cfg.response_floor, cfg.normalisation_width,
+                 cfg.shared_noise)
 
 
 def _smooth_field(shape, grid: int, width: float, rng: np.random.Generator) -> np.ndarray:
@@ -390,13 +483,13 @@ class SyntheticWorld:
         ref_cls = np.repeat(np.arange(c.n_train_classes), c.images_per_class)
         feats, cats = self._stimulus_features(ref_imgs, ref_cls)
         stats = self._feature_stats(feats)
-        template = make_brain(HCP_AREAS, c.hcp_voxels, c.grid, c.category_dim, rng)
+        template = make_brain(HCP_AREAS, c.hcp_voxels, c.grid, c.category_dim, rng, cfg=c)
 
         def fill(tmp: Path):
             for s in range(c.hcp_subjects):
                 srng = np.random.default_rng([c.seed, 3, s])
                 brain = make_brain(HCP_AREAS, c.hcp_voxels, c.grid, c.category_dim, srng, template,
-                                   c.subject_variability)
+                                   c.subject_variability, cfg=c)
                 brain.calibrate(feats, cats)
                 ts = resting_state(brain, c.hcp_frames, c, srng, stats)
                 sub = tmp / f"{100206 + s}"
@@ -408,7 +501,7 @@ class SyntheticWorld:
 
     def _task_brain(self, areas, sizes, stream: int, feats, cats) -> Brain:
         rng = np.random.default_rng([self.cfg.seed, 4, stream])
-        brain = make_brain(areas, sizes, self.cfg.grid, self.cfg.category_dim, rng)
+        brain = make_brain(areas, sizes, self.cfg.grid, self.cfg.category_dim, rng, cfg=self.cfg)
         brain.calibrate(feats, cats)
         return brain
 
@@ -601,6 +694,13 @@ def _write_meta(folder: Path, part: str, cfg: SyntheticWorldConfig) -> None:
     meta = {"generator": "mindvis.data.synthetic", "part": part, "config": asdict(cfg),
             "fingerprint": cfg.fingerprint()}
     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def device_overrides(device: str, prefix: str = "") -> list[str]:
+    """``key=value`` overrides of the world's settings for a ``DEVICE_PRESETS`` name, keys under ``prefix``."""
+    if device not in DEVICE_PRESETS:
+        raise ValueError(f"unknown device preset {device!r}; choose from {sorted(DEVICE_PRESETS)}")
+    return [f"{prefix}{k}={v}" for k, v in DEVICE_PRESETS[device].items()]
 
 
 def default_cache_dir() -> Path:

@@ -157,6 +157,12 @@ class SharedMLP(PretrainedMixin, nn.Module):
             x = x[:, 0]
         return self.backbone(self.adapters[subject](x))  # (N, V_s) -> (N, shared) -> heads
 
+    def for_subject(self, subject: str) -> "SubjectView":
+        """This decoder as a one-input module for ``subject`` (what single-subject code such as ``decode`` calls)."""
+        if subject not in self.adapters:
+            raise KeyError(f"no adapter for subject {subject!r}; this decoder has {sorted(self.adapters)}")
+        return SubjectView(self, subject)
+
     def add_subject(self, subject: str, num_voxels: int) -> list[nn.Parameter]:
         """A new subject's adapter; everything else is frozen, so fitting the returned parameters adapts the decoder
         to the subject without changing what the other subjects use."""
@@ -166,3 +172,14 @@ class SharedMLP(PretrainedMixin, nn.Module):
         self.adapters[subject] = nn.Linear(num_voxels, self.config.shared)
         self.config.subjects = {**self.config.subjects, subject: num_voxels}
         return list(self.adapters[subject].parameters())
+
+
+class SubjectView(nn.Module):
+    """A SharedMLP read through one subject's adapter: ``view(x) == shared(x, subject)``."""
+
+    def __init__(self, shared: SharedMLP, subject: str):
+        super().__init__()
+        self.shared, self.subject = shared, subject
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.shared(x, self.subject)
