@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from mindvis.config import resolve_run_config
-from mindvis.finetune.config import DATASETS
+from mindvis.finetune.config import DATASETS, MEEG_DATASETS
 from mindvis.models.image_embedders import EmbedderUnavailable
 from mindvis.training import add_run_arguments, run_training_command
 
@@ -38,12 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mindvis-align", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Decode fMRI into an image embedding space and score retrieval of the "
                                             "seen image (the MindEye / Meta family of decoders).")
-    p.add_argument("--dataset", dest="selection", choices=DATASETS, default=None,
-                   help="fMRI-image pairs (as mindvis-finetune reads them); sets data.dataset and, without --config, "
-                        "the matching preset. Default: synthetic")
+    p.add_argument("--dataset", dest="selection", choices=DATASETS + MEEG_DATASETS, default=None,
+                   help="fMRI-image pairs (as mindvis-finetune reads them), or M/EEG: things-meg (a folder mindvis-prep "
+                        "things-meg wrote) or things-eeg2 (the release); sets data.dataset and, without --config, the "
+                        "matching preset. Default: synthetic")
     p.add_argument("--data-path", metavar="DIR", help="dataset folder (sets data.path)")
     p.add_argument("--decoder", choices=DECODERS, help="ridge (closed form, cross-validated penalty), mlp (MindEye's "
-                                                       "residual MLP) or mbm (the SC-MBM encoder); sets decoder.name")
+                                                       "residual MLP), mbm (the SC-MBM encoder; fMRI) or brain-module "
+                                                       "(Meta's convolutional M/EEG decoder); sets decoder.name")
+    p.add_argument("--windows", metavar="LEN:STEP", help="M/EEG time-resolved decoding: one decoder per window of LEN s "
+                                                         "every STEP s (sets windows.length, windows.step), scored on "
+                                                         "the test set: time_resolved.json / .png")
     p.add_argument("--encoder", metavar="CKPT", help="mbm: a mindvis-pretrain run or model folder, an original "
                                                      "fmri_encoder.pth, or 'random' (sets decoder.encoder)")
     p.add_argument("--target", metavar="SPACE", help="image embedding space (sets target; see below)")
@@ -55,7 +60,17 @@ def resolve_config(args):
     return resolve_run_config(AlignConfig, "align", args, "data.dataset",
                               {"data.path": args.data_path, "decoder.name": args.decoder,
                                "decoder.encoder": args.encoder, "target": args.target,
-                               "output_dir": args.output_dir})
+                               "output_dir": args.output_dir, **_windows(args.windows)})
+
+
+def _windows(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        length, step = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise SystemExit(f"mindvis-align: error: --windows takes LEN:STEP in seconds (e.g. 0.25:0.1), got {text!r}")
+    return {"windows.length": length, "windows.step": step}
 
 
 def main(argv=None) -> int:

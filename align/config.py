@@ -7,13 +7,27 @@ from typing import List
 from mindvis.finetune.config import DataConfig
 from mindvis.models.ridge import DEFAULT_ALPHAS
 
-DECODERS = ("ridge", "mlp", "mbm")
+DECODERS = ("ridge", "mlp", "mbm", "brain-module")
 CONTRASTIVE = ("clip", "bimixco", "softclip", "mindeye", "none")
 
 
 @dataclass
+class BrainModuleSettings:
+    """Meta's brain module (M/EEG; mindvis.models.brain_module), the papers' defaults."""
+    merger_channels: int = 270
+    fourier_harmonics: int = 32
+    spatial_dropout: float = 0.2
+    hidden: int = 320
+    blocks: int = 5
+    dilation_period: int = 5
+    features: int = 2048
+    aggregation: str = "affine"  # affine | mean | attention
+    conv_dropout: float = 0.0
+
+
+@dataclass
 class DecoderConfig:
-    name: str = "ridge"  # ridge | mlp | mbm
+    name: str = "ridge"  # ridge | mlp | mbm | brain-module (M/EEG)
     # ridge: penalties tried by k-fold cross-validation on the training split
     alphas: List[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
     folds: int = 5
@@ -30,6 +44,7 @@ class DecoderConfig:
     freeze_encoder: bool = False
     pool: str = "flatten"  # mbm head: flatten (per-token projection, concatenated) | mean (the tokens' mean)
     token_dim: int = 32  # mbm, flatten: width of each token in the head
+    brain_module: BrainModuleSettings = field(default_factory=BrainModuleSettings)
 
 
 @dataclass
@@ -73,11 +88,19 @@ class EvalConfig:
 
 
 @dataclass
+class WindowsConfig:
+    """M/EEG time-resolved decoding: one decoder per window of ``length`` s every ``step`` s; 0 = off."""
+    length: float = 0.0
+    step: float = 0.1
+
+
+@dataclass
 class AlignConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(include_test_trials=True))
+    windows: WindowsConfig = field(default_factory=WindowsConfig)
     target: str = "synthetic"  # clip:SRC | dinov2:SRC | timm:NAME | synthetic (mindvis.models.image_embedders)
     output_dir: str = "runs/align"

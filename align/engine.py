@@ -24,9 +24,11 @@ from mindvis.contrastive import (Temperature, bimixco_loss, clip_loss, mindeye_s
 from mindvis.data.fmri import DataError
 from mindvis.data.pairs import TRIAL_MARK, PairedSplit
 from mindvis.evaluation.retrieval import (cosine_similarity, embedding_correlation, embedding_cosine,
-                                          embedding_report, top_k)
-from mindvis.finetune.data import build_stage_b_data, synthetic_world
+                                          embedding_report, large_set_retrieval, relative_median_rank, top_k)
+from mindvis.finetune.config import MEEG_DATASETS
+from mindvis.finetune.data import StageBData, build_stage_b_data, synthetic_world
 from mindvis.models.brain_decoders import MBMDecoder, MBMDecoderConfig, MindEyeMLP, MLPConfig, SharedMLP
+from mindvis.models.brain_module import AGGREGATIONS, BrainModule, BrainModuleConfig
 from mindvis.models.image_embedders import cached_embeddings, load_embedder, valid_target
 from mindvis.models.persistence import read_json
 from mindvis.models.ridge import RidgeConfig, RidgeDecoder
@@ -40,13 +42,25 @@ from .config import CONTRASTIVE, DECODERS
 log = logging.getLogger("mindvis.align")
 
 DECODER_CLASSES = {"RidgeDecoder": RidgeDecoder, "MindEyeMLP": MindEyeMLP, "MBMDecoder": MBMDecoder,
-                   "SharedMLP": SharedMLP}
+                   "SharedMLP": SharedMLP, "BrainModule": BrainModule}
 
 
 def validate(cfg: DictConfig) -> None:
     """Every setting checked before anything runs; a ConfigError names the key, the value and what is allowed."""
     d, lo, t = cfg.decoder, cfg.loss, cfg.train
+    meeg = cfg.data.dataset in MEEG_DATASETS
+    bm = d.brain_module
     checks = [
+        (d.name != "brain-module" or meeg, "decoder.name", d.name,
+         f"ridge, mlp or mbm for fMRI (brain-module reads M/EEG: data.dataset {MEEG_DATASETS})"),
+        (d.name != "mbm" or not meeg, "decoder.name", d.name, "ridge, mlp or brain-module for M/EEG (mbm reads fMRI)"),
+        (bm.aggregation in AGGREGATIONS, "decoder.brain_module.aggregation", bm.aggregation, f"one of {AGGREGATIONS}"),
+        (min(bm.merger_channels, bm.fourier_harmonics, bm.hidden, bm.features, bm.dilation_period) > 0 and bm.blocks >= 0
+         and 0 <= bm.spatial_dropout < 1 and 0 <= bm.conv_dropout < 1, "decoder.brain_module",
+         dict(bm), "positive sizes, dropouts in [0, 1)"),
+        (cfg.windows.length >= 0 and cfg.windows.step > 0, "windows.length/step", (cfg.windows.length, cfg.windows.step),
+         "length >= 0 (0: off), step > 0"),
+        (cfg.windows.length == 0 or meeg, "windows.length", cfg.windows.length, "0 for fMRI (windows cut M/EEG time)"),
         (valid_target(cfg.target), "target", cfg.target,
          "an embedding space (unknown target space otherwise): clip:SRC, dinov2:SRC, timm:NAME or synthetic"),
         (d.name in DECODERS, "decoder.name", d.name, f"one of {DECODERS}"),
@@ -111,9 +125,14 @@ def embed_images(cfg: DictConfig, images: dict[str, np.ndarray]) -> dict[str, np
 
 
 # ----------------------------------------------------------------------------- decoders
-def build_decoder(cfg: DictConfig, num_voxels: int, dim: int, stage_a: tuple | None = None):
-    """The MLP, or the SC-MBM decoder around ``stage_a`` (architecture, weights) from ``load_encoder``."""
+def build_decoder(cfg: DictConfig, num_voxels: int, dim: int, stage_a: tuple | None = None,
+                  data: StageBData | None = None):
+    """The MLP, the SC-MBM decoder around ``stage_a`` (architecture, weights) from ``load_encoder``, or the brain
+    module over ``data``'s sensor layout and window."""
     d = cfg.decoder
+    if d.name == "brain-module":
+        return BrainModule(BrainModuleConfig(positions=data.layout.tolist(), n_times=data.train.fmri.shape[-1], dim=dim,
+                                             **OmegaConf.to_container(d.brain_module)))
     if d.name == "mlp":
         return MindEyeMLP(MLPConfig(num_voxels, dim, d.hidden, d.blocks, d.input_dropout, d.block_dropout,
                                     d.projector_hidden))
@@ -335,6 +354,13 @@ def markdown_report(report: dict) -> str:
         for row in report["averaging"]:
             lines.append(f"| {row['repetitions']} | {row['top1']:.4f} | {row['top5']:.4f} | {row['chance']:.4f} |")
         lines.append("")
+    if report.get("time_resolved"):
+        lines += ["## time-resolved decoding (one decoder per window; test images averaged)", "",
+                  "| window (s) | top-1 | top-5 | median rank | chance top-5 |", "|---|---|---|---|---|"]
+        for r in report["time_resolved"]:
+            lines.append(f"| {r['start']:+.2f} to {r['stop']:+.2f} | {r['top1']:.4f} | {r['top5']:.4f} | "
+                         f"{r['median_rank']:.3f} | {r['chance_top5']:.4f} |")
+        lines.append("")
     lines.append(f"selected: {report['selection']}")
     return "\n".join(lines) + "\n"
 
@@ -410,6 +436,92 @@ def averaging_curve(model, trials: np.ndarray, target: np.ndarray) -> list[dict]
     return curve
 
 
+def vectorised(cfg: DictConfig, data: StageBData) -> StageBData:
+    """M/EEG for decoders that read a vector (ridge, mlp): channels x times flattened; fMRI and the brain module's
+    input unchanged."""
+    if data.layout is None or cfg.decoder.name == "brain-module":
+        return data
+    flat = lambda s: PairedSplit(s.fmri.reshape(len(s), -1), s.images, s.labels, s.ids, s.dataset)
+    return StageBData(flat(data.train), flat(data.val), flat(data.test), data.train.fmri[0].size, data.description,
+                      data.layout, data.times)
+
+
+def fit(cfg: DictConfig, data: StageBData, emb: dict, stage_a, accelerator, run_dir: Path, main: bool,
+        resume: bool = False) -> tuple:
+    """(selected model, history, best, selection note): ridge in closed form, the others by gradient descent with
+    the epoch selected on validation."""
+    tc, d = cfg.train, cfg.decoder
+    dim = emb["train"].shape[1]
+    if d.name == "ridge":
+        model = RidgeDecoder.fit(data.train.fmri, emb["train"],
+                                 RidgeConfig(data.num_voxels, dim, list(d.alphas), d.folds, d.per_target))
+        alphas = np.unique(model.alpha.numpy())
+        chosen = f"{alphas[0]:.4g}" if len(alphas) == 1 else f"{len(alphas)} distinct per-target values"
+        if main:
+            model.save_pretrained(run_dir / "model")
+        return model, [], {"epoch": 0}, f"ridge penalty by {d.folds}-fold cross-validation on the training split: {chosen}"
+    torch.manual_seed(tc.seed)  # the initialisation does not depend on what ran before (e.g. a cached target)
+    model = build_decoder(cfg, data.num_voxels, dim, stage_a, data)
+    log.info("decoder %s: %.2fM parameters", d.name, sum(p.numel() for p in model.parameters()) / 1e6)
+    model, history, best = train_decoder(cfg, model, data.train.fmri, emb["train"], data.val.fmri, emb["val"],
+                                         accelerator, run_dir, main, resume)
+    return model, history, best, f"epoch {best['epoch']} of {tc.epochs} by {tc.select_metric} on validation"
+
+
+def crop(data: StageBData, start: float, stop: float) -> StageBData:
+    """M/EEG trials cut to the samples with ``start <= t < stop`` (s from image onset)."""
+    keep = np.flatnonzero((data.times >= start - 1e-9) & (data.times < stop - 1e-9))
+    cut = lambda s: PairedSplit(np.ascontiguousarray(s.fmri[..., keep]), s.images, s.labels, s.ids, s.dataset)
+    return StageBData(cut(data.train), cut(data.val), cut(data.test), data.num_voxels, data.description,
+                      data.layout, data.times[keep])
+
+
+def time_resolved(cfg: DictConfig, full: StageBData, emb: dict, accelerator, run_dir: Path, main: bool) -> list[dict]:
+    """One decoder per window (``cfg.windows``), each selected as the full one is and scored on the averaged test
+    set: top-1 / top-5 / relative median rank per window, with chance."""
+    w = cfg.windows
+    t = full.times
+    starts = np.arange(t[0], t[-1] - w.length + 1e-9 + 1 / (2 * max(1, len(t))), w.step)
+    if len(starts) == 0:
+        raise DataError(f"windows.length {w.length} s is longer than the trials ({t[0]:.3f} to {t[-1]:.3f} s)")
+    rows = []
+    quiet = OmegaConf.merge(cfg, {"train": {"checkpoint_every": 10**6}})
+    for start in tqdm(starts, desc="windows", disable=not main):
+        part = vectorised(cfg, crop(full, float(start), float(start + w.length)))
+        folder = run_dir / "windows" / f"{start:+.3f}s"
+        folder.mkdir(parents=True, exist_ok=True)
+        model, _, _, _ = fit(quiet, part, emb, None, accelerator, folder, main)
+        test, _ = split_test_trials(part.test)
+        sim = cosine_similarity(torch.from_numpy(decode(model, test.fmri)["contrastive"]), torch.from_numpy(emb["test"]))
+        n = len(test)
+        rows.append({"start": float(start), "stop": float(start + w.length), "centre": float(start + w.length / 2),
+                     "top1": top_k(sim, 1), "top5": top_k(sim, 5), "median_rank": relative_median_rank(sim),
+                     "chance_top1": 1 / n, "chance_top5": min(1.0, 5 / n)})
+        log.info("window %+.3f to %+.3f s: top-5 %.3f (chance %.3f)", start, start + w.length, rows[-1]["top5"],
+                 rows[-1]["chance_top5"])
+    return rows
+
+
+def plot_time_resolved(path: Path, rows: list[dict], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = [r["centre"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(c, [r["top5"] for r in rows], "o-", label="top-5")
+    ax.plot(c, [r["top1"] for r in rows], "s-", label="top-1")
+    ax.plot(c, [r["chance_top5"] for r in rows], ":", color="gray", label="chance top-5")
+    ax.plot(c, [r["chance_top1"] for r in rows], "--", color="gray", lw=0.8, label="chance top-1")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set(xlabel="window centre (s from image onset)", ylabel="test retrieval", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------- the command
 def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | None = None) -> dict:
     """Fit, select on validation, score the test set once; returns the report."""
@@ -422,7 +534,8 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
         from mindvis.finetune.engine import load_encoder
 
         stage_a = load_encoder(cfg.decoder.encoder, cfg.decoder.encoder_variant, "decoder.encoder")
-    data = build_stage_b_data(cfg.data, stage_a[0].patch_size if stage_a else 16, tc.seed)
+    full = build_stage_b_data(cfg.data, stage_a[0].patch_size if stage_a else 16, tc.seed)
+    data = vectorised(cfg, full)
     test, trials = split_test_trials(data.test)
     log.info("data: %s", data.description)
     if main:
@@ -433,25 +546,7 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
     dim = emb["train"].shape[1]
     log.info("target %s: %d dims; %d train / %d val / %d test images", cfg.target, dim, len(emb["train"]),
              len(emb["val"]), len(emb["test"]))
-
-    history, best = [], {"epoch": 0}
-    if cfg.decoder.name == "ridge":
-        d = cfg.decoder
-        model = RidgeDecoder.fit(data.train.fmri, emb["train"],
-                                 RidgeConfig(data.num_voxels, dim, list(d.alphas), d.folds, d.per_target))
-        alphas = np.unique(model.alpha.numpy())
-        chosen = f"{alphas[0]:.4g}" if len(alphas) == 1 else f"{len(alphas)} distinct per-target values"
-        selection = f"ridge penalty by {d.folds}-fold cross-validation on the training split: {chosen}"
-        if main:
-            model.save_pretrained(run_dir / "model")
-    else:
-        torch.manual_seed(tc.seed)  # the initialisation does not depend on what ran before (e.g. a cached target)
-        model = build_decoder(cfg, data.num_voxels, dim, stage_a)
-        log.info("decoder %s: %.2fM parameters", cfg.decoder.name, sum(p.numel() for p in model.parameters()) / 1e6)
-        model, history, best = train_decoder(cfg, model, data.train.fmri, emb["train"], data.val.fmri, emb["val"],
-                                             accelerator, run_dir, main, bool(resume))
-        selection = f"epoch {best['epoch']} of {tc.epochs} by {tc.select_metric} on validation"
-
+    model, history, best, selection = fit(cfg, data, emb, stage_a, accelerator, run_dir, main, bool(resume))
     report = {}
     if main:
         ev = cfg.eval
@@ -462,10 +557,21 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
             scores[split] = decode(model, s.fmri)
             report[split] = score_split(scores[split], emb[split], ev, tc.seed)
             report[f"{split}_items"] = len(s)
+        if "test" in scores:  # Meta's large retrieval set: the test images among the gallery's
+            large = large_set_retrieval(torch.from_numpy(scores["test"]["contrastive"]), torch.from_numpy(emb["test"]),
+                                        torch.from_numpy(emb["gallery"]))
+            for m in ("top1", "top5", "median_rank"):
+                name = {"top1": "top1_large_set", "top5": "top5_large_set", "median_rank": "relative_median_rank_large_set"}[m]
+                report["test"][name] = {"value": large[m], "chance": large["chance"][m], "candidates": large["candidates"]}
         curve = []
         if trials is not None:
             curve = averaging_curve(model, trials, emb["test"])
             plot_averaging(run_dir / "averaging.png", curve)
+        if cfg.windows.length > 0:
+            report["time_resolved"] = time_resolved(cfg, full, emb, accelerator, run_dir, main)
+            plot_time_resolved(run_dir / "time_resolved.png", report["time_resolved"],
+                               f"time-resolved decoding ({cfg.decoder.name}, {cfg.windows.length:g}-s windows)")
+            atomic_write_json(run_dir / "time_resolved.json", report["time_resolved"])
         report |= {"decoder": cfg.decoder.name, "target": cfg.target, "data": data.description,
                    "selection": selection, "selected_epoch": best["epoch"], "averaging": curve,
                    "seconds": round(time.time() - t0, 1), "history": history}

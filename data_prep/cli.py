@@ -70,6 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="dtype of betas.npy")
     n.add_argument("--image-size", type=int, default=256, help="stimulus side in pixels (default 256; 425 = as released)")
     n.add_argument("--out", required=True, help="output folder (then: mindvis-finetune --dataset nsd --data-path OUT)")
+    m = sub.add_parser("things-meg", help="THINGS-MEG BIDS recordings -> one subject's epoched trials and images",
+                       description="Epochs with MNE-Python around every image onset of each run's events.tsv "
+                                   "(defaults: Benchetrit et al. 2024); resumable per run.")
+    m.add_argument("--root", required=True, help="the BIDS root (sub-BIGMEG<n>/ses-*/meg/*_task-main_run-*_meg.fif|.ds)")
+    m.add_argument("--subject", required=True, help="1..4, BIGMEG1 or sub-BIGMEG1")
+    m.add_argument("--tmin", type=float, default=-0.5, help="epoch start, s from image onset (default -0.5)")
+    m.add_argument("--tmax", type=float, default=1.0, help="epoch end, s (default 1.0)")
+    m.add_argument("--l-freq", type=float, default=0.1, help="band-pass low edge, Hz (default 0.1)")
+    m.add_argument("--h-freq", type=float, default=40.0, help="band-pass high edge, Hz (default 40)")
+    m.add_argument("--sfreq", type=float, default=120.0, help="sampling rate after resampling, Hz (default 120)")
+    m.add_argument("--clamp", type=float, default=20.0, help="clamp robust-scaled values to +-this (default 20)")
+    m.add_argument("--image-size", type=int, default=256, help="stimulus side in pixels (default 256)")
+    m.add_argument("--filtering", choices=["run", "window"], default="run",
+                   help="run: band-pass whole runs, then epoch (Meta's offline pipeline; default); window: each epoch "
+                        "alone as mindvis-stream does live (train the decoder you will stream with on this)")
+    m.add_argument("--out", required=True, help="output folder (then: mindvis-align --dataset things-meg --data-path OUT)")
     return p
 
 
@@ -97,6 +113,12 @@ def main(argv=None) -> int:
             from .god import prepare_god
 
             out = prepare_god(args.h5, args.images, args.out, args.class_index, progress=tqdm)
+        elif args.dataset == "things-meg":
+            from .things_meg import MEGSettings, prepare_things_meg
+
+            out = prepare_things_meg(args.root, args.subject, args.out, MEGSettings(
+                args.tmin, args.tmax, args.l_freq, args.h_freq, args.sfreq, args.clamp, args.image_size, args.filtering),
+                progress=tqdm)
         elif args.dataset == "nsd":
             from .nsd import prepare_nsd
 

@@ -7,6 +7,7 @@ from typing import List
 from mindvis.data.synthetic import SyntheticWorldConfig
 
 DATASETS = ("god", "bold5000", "god+bold5000", "nsd", "synthetic")
+MEEG_DATASETS = ("things-meg", "things-eeg2")  # mindvis-align only: trials x sensors x times
 
 
 @dataclass
@@ -30,6 +31,8 @@ class DataConfig:
     imagenet_dir: str = ""  # bdata layout: folder with the stimulus images (n01518878_5958.JPEG ...)
     class_index: str = ""  # bdata layout: imagenet_class_index.json for labels
     bold5000_path: str = ""
+    meeg_subject: int = 1  # things-eeg2: the subject (sub-XX) of the release
+    meeg_average_train: bool = False  # things-eeg2: average each training image's repetitions
     subjects: List[str] = field(default_factory=list)  # GOD subjects (bdata: file names); empty: sbj_3 (the
     # original's default) for GOD, every subject of the synthetic world
     bold5000_subjects: List[str] = field(default_factory=lambda: ["CSI1"])

@@ -14,11 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from mindvis.data.fmri import DataError, padded_length
 from mindvis.data.nsd import nsd_pairs, synthetic_world_of
-from mindvis.data.pairs import (PairedSplit, bold5000_pairs, concat_splits, god_pairs, god_pairs_bdata,
+from mindvis.data.pairs import (TRIAL_MARK, PairedSplit, bold5000_pairs, concat_splits, god_pairs, god_pairs_bdata,
                                 group_split)
 from mindvis.data.synthetic import ensure_world
 
-from .config import DATASETS, DataConfig
+from .config import DATASETS, MEEG_DATASETS, DataConfig
 
 
 @dataclass
@@ -26,8 +26,10 @@ class StageBData:
     train: PairedSplit
     val: PairedSplit
     test: PairedSplit
-    num_voxels: int
+    num_voxels: int  # voxels, or M/EEG channels
     description: str
+    layout: np.ndarray | None = None  # M/EEG: (channels, 2) sensor layout
+    times: np.ndarray | None = None  # M/EEG: (T,) seconds from image onset
 
 
 def _god(cfg: DataConfig, root: Path, patch_size: int, image_size: int):
@@ -51,10 +53,16 @@ def synthetic_world(cfg: DataConfig):
         return OmegaConf.to_object(cfg.synthetic) if isinstance(cfg.synthetic, DictConfig) else cfg.synthetic
     if cfg.dataset == "nsd" and cfg.path:
         return synthetic_world_of(cfg.path)
+    if cfg.dataset in MEEG_DATASETS and cfg.path:
+        from mindvis.data.meeg import meeg_synthetic_world
+
+        return meeg_synthetic_world(cfg.path)
     return None
 
 
 def build_stage_b_data(cfg: DataConfig, patch_size: int, seed: int) -> StageBData:
+    if cfg.dataset in MEEG_DATASETS:
+        return build_meeg_data(cfg, seed)
     if cfg.dataset not in DATASETS:
         raise DataError(f"data.dataset must be one of {DATASETS}, got {cfg.dataset!r}")
     trains, tests, names = [], [], []
@@ -82,14 +90,35 @@ def build_stage_b_data(cfg: DataConfig, patch_size: int, seed: int) -> StageBDat
         trains.append(tr), tests.append(te), names.append(f"BOLD5000 {path} {list(cfg.bold5000_subjects)}")
     num_voxels = padded_length(max(s.fmri.shape[1] for s in trains + tests), patch_size, "exact")
     train, test = concat_splits(trains, num_voxels), concat_splits(tests, num_voxels)
-    # validation: whole classes for GOD (its test classes are unseen), whole images otherwise
+    tr, val, counts = carve_validation(train, cfg, seed)
+    return StageBData(tr, val, test, num_voxels, f"{'; '.join(names)}: {counts} / {len(test)} test pairs, "
+                                                 f"{num_voxels} voxels")
+
+
+def build_meeg_data(cfg: DataConfig, seed: int) -> StageBData:
+    """THINGS-MEG (a folder mindvis-prep things-meg wrote) or THINGS-EEG2 (the release): trials x channels x times."""
+    from mindvis.data.meeg import eeg2_pairs, things_meg_pairs
+
+    if not cfg.path:
+        raise DataError(f"data.path is empty: give the {cfg.dataset} folder (--data-path DIR)")
+    if cfg.dataset == "things-meg":
+        d = things_meg_pairs(cfg.path, cfg.include_test_trials)
+    else:
+        d = eeg2_pairs(cfg.path, cfg.meeg_subject, 256, cfg.include_test_trials, cfg.meeg_average_train)
+    tr, val, counts = carve_validation(d.train, cfg, seed)
+    n_test = sum(1 for i in d.test.ids if TRIAL_MARK not in i)
+    return StageBData(tr, val, d.test, d.train.fmri.shape[1], f"{d.description}; {counts} / {n_test} test images",
+                      d.layout, d.times)
+
+
+def carve_validation(train: PairedSplit, cfg: DataConfig, seed: int) -> tuple[PairedSplit, PairedSplit, str]:
+    """(training, validation, "n train / n validation / n test pairs"): validation is whole classes for GOD (its
+    test classes are unseen) and THINGS, whole images otherwise; ``max_train`` keeps the first pairs of one seeded
+    order, so a smaller subset is always inside a larger one."""
     groups = np.array([f"{d}:{l}" if l >= 0 else f"{d}:{i}" for d, l, i in zip(train.dataset, train.labels, train.ids)])
     tr_idx, val_idx = group_split(groups, cfg.val_fraction, seed)
     if cfg.max_train:
         if cfg.max_train > len(tr_idx):
             raise DataError(f"data.max_train={cfg.max_train} but the training split has {len(tr_idx)} pairs")
-        # the first max_train of one seeded order: a smaller subset is always inside a larger one
         tr_idx = np.sort(tr_idx[np.random.default_rng([seed, 17]).permutation(len(tr_idx))[:cfg.max_train]])
-    desc = (f"{'; '.join(names)}: {len(tr_idx)} train / {len(val_idx)} validation / {len(test)} test pairs, "
-            f"{num_voxels} voxels")
-    return StageBData(train.subset(tr_idx), train.subset(val_idx), test, num_voxels, desc)
+    return train.subset(tr_idx), train.subset(val_idx), f"{len(tr_idx)} train / {len(val_idx)} validation"

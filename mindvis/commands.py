@@ -9,16 +9,17 @@ from .config import ConfigError, build_config, to_object
 
 
 def synth_main(argv=None) -> int:
-    """Write the synthetic brain world (HCP, GOD and BOLD5000 layouts) into a folder."""
+    """Write the synthetic brain world (HCP, GOD, BOLD5000, NSD, THINGS-MEG and THINGS-EEG2 layouts) into a folder."""
     from .data.synthetic import DEVICE_PRESETS, SyntheticWorld, SyntheticWorldConfig, device_overrides
 
     p = argparse.ArgumentParser(
         prog="mindvis-synth", description=synth_main.__doc__,
         epilog="overrides: SyntheticWorldConfig fields as key=value, e.g. hcp_subjects=50 snr=0.5 god_subjects=5",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write HCP/, GOD/, BOLD5000/ (and NSD/) into")
-    parts = ("hcp", "god", "bold5000", "nsd")
-    p.add_argument("--parts", nargs="+", default=list(parts[:3]), metavar="{hcp,god,bold5000,nsd}",
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder to write HCP/, GOD/, BOLD5000/ (and NSD/, THINGS-MEG/, THINGS-EEG2/) into")
+    parts = ("hcp", "god", "bold5000", "nsd", "things-meg", "things-eeg2")
+    p.add_argument("--parts", nargs="+", default=list(parts[:3]), metavar="{" + ",".join(parts) + "}",
                    help="which datasets to write (default: hcp god bold5000)")
     p.add_argument("--device", choices=sorted(DEVICE_PRESETS),
                    help="single-trial SNR and test repetitions of fMRI at this field strength: "

@@ -9,7 +9,7 @@ from mindvis.config import ConfigError, build_config
 from mindvis.configs import preset_names, preset_path
 from mindvis.data.fmri import DataError
 from mindvis.data.synthetic import DEVICE_PRESETS, device_overrides
-from mindvis.finetune.config import DATASETS
+from mindvis.finetune.config import DATASETS, MEEG_DATASETS
 from mindvis.models.image_embedders import EmbedderUnavailable
 
 from .config import ARMS, ScalingConfig
@@ -43,9 +43,9 @@ examples:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mindvis-scaling", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=DATASETS, default="synthetic",
-                   help="fMRI-image pairs (as mindvis-align reads them); picks the preset of that name when there is "
-                        "one and sets cell.data.dataset. Default: synthetic")
+    p.add_argument("--dataset", choices=DATASETS + MEEG_DATASETS, default="synthetic",
+                   help="brain-image pairs (as mindvis-align reads them: fMRI, or M/EEG with the brain-module arm); "
+                        "picks the preset of that name when there is one and sets cell.data.dataset. Default: synthetic")
     p.add_argument("--data-path", metavar="DIR", help="dataset folder (sets cell.data.path)")
     p.add_argument("--target", metavar="SPACE", help="image embedding space (sets cell.target)")
     p.add_argument("--config", metavar="PRESET", help=f"YAML preset: a file or a shipped name "

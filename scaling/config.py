@@ -6,9 +6,10 @@ from typing import List
 
 from mindvis.align.config import AlignConfig
 
-#: decoder arms: ridge, MindEye's MLP, and the SC-MBM encoder random, pretrained on rest (stage A1) or pretrained on
-#: the target dataset's own fMRI only (stage A2 alone: the question of mind-vis issue #8)
-ARMS = ("ridge", "mlp", "mbm-random", "mbm-rest", "mbm-target")
+#: decoder arms: ridge, MindEye's MLP, the SC-MBM encoder random, pretrained on rest (stage A1) or pretrained on
+#: the target dataset's own fMRI only (stage A2 alone: the question of mind-vis issue #8), and Meta's brain module
+#: (M/EEG datasets)
+ARMS = ("ridge", "mlp", "mbm-random", "mbm-rest", "mbm-target", "brain-module")
 #: the subjects axis (decoder mlp-shared): every subject's pairs fixed, or the total over subjects fixed
 SUBJECT_MODES = ("per-subject", "total")
 

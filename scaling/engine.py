@@ -75,7 +75,7 @@ def sizes(cfg: DictConfig, seed: int) -> list[tuple[str, int]]:
 def cell_config(cfg: DictConfig, arm: str, n: int, seed: int, folder: Path) -> DictConfig:
     """The ``mindvis-align`` config of one cell."""
     c = OmegaConf.merge(cfg.cell, {"data": {"max_train": n}, "train": {"seed": seed}, "output_dir": str(folder)})
-    if arm in ("ridge", "mlp"):
+    if arm in ("ridge", "mlp", "brain-module"):
         c.decoder.name = arm
     else:
         c.decoder.name = "mbm"
@@ -300,7 +300,8 @@ def markdown(report: dict) -> str:
         lines += [f"| {arm} | " + " | ".join(f"{p['top1']:.3f}" for p in pts) + " |" for arm, pts in avg.items()]
     for mode, e in a.get("subjects", {}).items():
         fit = e["fit"]
-        slope = "" if fit["slope"] is None else f"; top-1 = {fit['intercept']:.3f} + {fit['slope']:.3f} log10(S)"
+        slope = ("" if fit["slope"] is None else f"; top-1 = {fit['intercept']:.3f} {'+' if fit['slope'] >= 0 else '-'} "
+                 f"{abs(fit['slope']):.3f} log10(S)")
         lines += ["", f"Subjects axis, mlp-shared, {mode} pairs fixed (tested on the first subject){slope}:", "",
                   "| subjects S | pairs per subject | top-1 | chance |", "|---|---|---|---|"]
         lines += [f"| {r['subjects']} | {r['pairs_per_subject']:.0f} | {r['top1']['mean']:.3f} ± {r['top1']['std']:.3f} | "

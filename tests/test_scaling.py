@@ -15,7 +15,7 @@ def tiny_args(cache_dir, out, *extra):
     return ["--dataset", "synthetic", "--out", str(out), f"cell.data.cache_dir={cache_dir}", *world,
             "grid.fractions=[0.5,1.0]", "grid.seeds=[0,1]", "grid.arms=[ridge,mlp]", "grid.bootstrap=200",
             "cell.train.epochs=2", "cell.train.val_every=1", "cell.decoder.hidden=32", "cell.decoder.blocks=1",
-            "cell.decoder.projector_hidden=32", "cell.decoder.folds=2", *extra]
+            "cell.decoder.projector_hidden=32", "cell.decoder.folds=2", "grid.subjects=[]", *extra]
 
 
 def test_log_linear_fit_and_bootstrap_interval():

@@ -62,15 +62,15 @@ NSD_TRIALS_PER_SESSION = 750
 # receptive-field size (fraction of the image width) and category weight per area
 _RF_SIZE = {"V1": 0.04, "V2": 0.07, "V3": 0.10, "V4": 0.15, "LOC": 0.25, "FFA": 0.3, "PPA": 0.35,
             "EarlyVis": 0.06, "OPA": 0.25, "RSC": 0.35}
-# compressive exponent per area (Kay et al. 2013: below 1 everywhere, smaller in anterior areas)
+# compressive exponent per area: Kay et al. 2013 found it below 1 in every area and smaller (more compressive) in
+# anterior areas; these values follow that ordering, they are not the paper's fits
 _CSS_EXPONENT = {"V1": 0.5, "V2": 0.4, "V3": 0.35, "V4": 0.3, "LOC": 0.25, "FFA": 0.2, "PPA": 0.2,
                  "EarlyVis": 0.45, "OPA": 0.25, "RSC": 0.2}
 RESPONSES = ("css", "linear")
-#: single-trial variance SNR and test repetitions of the fMRI the study compares. 7T: NSD's betas (1.8 mm, b3),
-#: whose noise-ceiling SNR (signal sd / noise sd) in nsdgeneral is mostly around 0.3-0.6 -> variance ~0.25, three
-#: repetitions per image. 3T: GOD (Horikawa & Kamitani 2017; 3 mm voxels, single-trial betas of one 9-s block),
-#: taken at about half NSD's noise-ceiling SNR -> variance ~0.06, 35 test repetitions. Orders of magnitude, not
-#: measurements of this world.
+#: single-trial variance SNR and test repetitions of the fMRI the study compares. 7T: NSD's betas (1.8 mm, b3), whose
+#: noise-ceiling SNR (signal sd / noise sd) in nsdgeneral is of the order of 0.5 -> variance 0.25; three repetitions
+#: per image. 3T: GOD (Horikawa & Kamitani 2017; 3-mm voxels, one 9-s block per training image), assumed at half
+#: NSD's noise-ceiling SNR -> variance ~0.06; 35 test repetitions. Orders of magnitude, not fits to either release.
 DEVICE_PRESETS = {"7t": {"snr": 0.25, "test_repeats": 3}, "3t": {"snr": 0.06, "test_repeats": 35}}
 _CATEGORY_WEIGHT = {"V1": 0.0, "V2": 0.1, "V3": 0.25, "V4": 0.45, "LOC": 0.65, "FFA": 0.75, "PPA": 0.75,
                     "EarlyVis": 0.05, "OPA": 0.6, "RSC": 0.7}
@@ -110,6 +110,17 @@ class SyntheticWorldConfig:
     nsd_volume: list[int] = field(default_factory=lambda: [12, 14, 12])  # the betas' grid (X, Y, Z)
     nsd_voxels: list[int] = field(default_factory=lambda: [120, 100, 80, 60, 60, 40, 40])  # TASK_AREAS in nsdgeneral
     nsd_session_drift: float = 0.5  # std of the per-session voxel offsets (gains vary by the same fraction)
+    # MEG / EEG (THINGS-MEG and THINGS-EEG2 layouts; see mindvis.data.synthetic_meeg): the GOD-like images, training
+    # images once (EEG2: eeg_train_repeats times), test images meeg_test_repeats times (THINGS-MEG 12, EEG2 80)
+    meeg_subjects: int = 1
+    meeg_test_repeats: int = 4
+    meeg_sources_per_area: int = 4
+    meg_sensors: int = 64  # THINGS-MEG: 272 CTF axial gradiometers at 1200 Hz; fewer and slower here
+    meg_sfreq: float = 300.0
+    meg_runs: int = 2
+    meg_snr: float = 0.1  # single-trial evoked variance over noise variance (sensors, first 500 ms)
+    eeg_train_repeats: int = 2  # THINGS-EEG2: 4
+    eeg_snr: float = 0.05
     # voxel responses (see the module docstring): "css" (rectify, normalise, compress) or "linear"
     response: str = "css"
     response_floor: float = 0.3  # fraction of stimuli below a voxel's rectification threshold
@@ -663,11 +674,131 @@ class SyntheticWorld:
 
         return atomic_dir(root, fill)
 
+    def _meeg_brain(self, s: int):
+        """Subject ``s``'s visual cortex for M/EEG (its own stream) and its noise-free responses to the GOD-like
+        training and test images."""
+        train_imgs, train_cls, test_imgs, test_cls = self.god_stimuli()
+        f_tr, e_tr = self._stimulus_features(train_imgs, train_cls)
+        f_te, e_te = self._stimulus_features(test_imgs, test_cls)
+        brain = self._task_brain(TASK_AREAS, self.cfg.god_voxels, 300 + s, f_tr, e_tr)
+        return brain, brain.signal(f_tr, e_tr), brain.signal(f_te, e_te)
+
+    def _concept(self, k: int) -> str:
+        return f"synthetic_{SHAPES[self.classes[int(k)]['shape']]}_{int(k):03d}"
+
+    def write_things_meg(self, root: str | os.PathLike) -> Path:
+        """The THINGS-MEG BIDS layout (see :mod:`mindvis.data.synthetic_meeg`): continuous FIF runs with events."""
+        import mne
+        from PIL import Image
+
+        from . import synthetic_meeg as sm
+
+        c = self.cfg
+
+        def fill(tmp: Path):
+            sm.write_json(tmp / "dataset_description.json", {"Name": "synthetic THINGS-MEG", "BIDSVersion": "1.8.0"})
+            (tmp / "participants.tsv").write_text("participant_id\n" + "".join(
+                f"sub-BIGMEG{s + 1}\n" for s in range(c.meeg_subjects)))
+            train_imgs, train_cls, test_imgs, test_cls = self.god_stimuli()
+            paths = []
+            for i, (img, k) in enumerate(zip(np.concatenate([train_imgs, test_imgs]), np.concatenate([train_cls, test_cls]))):
+                rel = f"stimuli/{self._concept(k)}/{self._concept(k)}_{i:05d}.png"
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(tmp / rel)
+                paths.append(rel)
+            sensors = sm.helmet_positions(c.meg_sensors)
+            names = [f"MEG{i + 1:03d}" for i in range(c.meg_sensors)]
+            for s in range(c.meeg_subjects):
+                brain, sig_tr, sig_te = self._meeg_brain(s)
+                rng = np.random.default_rng([c.seed, 10, s])
+                sources = sm.make_sources(list(brain.areas), c.meeg_sources_per_area, sensors, rng)
+                amps = sm.source_amplitudes(np.concatenate([sig_tr, sig_te]), brain.area_sizes, c.meeg_sources_per_area)
+                n_train = len(sig_tr)
+                trials = list(range(n_train)) + [n_train + i for i in range(len(sig_te)) for _ in range(c.meeg_test_repeats)]
+                trials = rng.permutation(trials)
+                times = np.arange(0, 1.0, 1 / c.meg_sfreq)
+                early = times < 0.5
+                ev_all = sm.evoked(amps, sources, times)  # (images, C, T)
+                noise_sd = sm.scale_to_snr(float(ev_all[:, :, early].var()), c.meg_snr)
+                for run, chunk in enumerate(np.array_split(trials, c.meg_runs)):
+                    soa = sm.SOA_S + rng.uniform(-sm.SOA_JITTER_S, sm.SOA_JITTER_S, len(chunk))
+                    onsets = 2.0 + np.concatenate([[0], np.cumsum(soa[:-1])])
+                    n_samples = int((onsets[-1] + 3.0) * c.meg_sfreq)
+                    data = noise_sd * sm.background(n_samples, c.meg_sfreq, sources.gain, rng)
+                    stim = np.zeros((1, n_samples))
+                    starts = np.round(onsets * c.meg_sfreq).astype(int)
+                    for t, start in zip(chunk, starts):
+                        data[:, start:start + len(times)] += ev_all[t]
+                        stim[0, start] = 1 if t < n_train else 2
+                    info = mne.create_info(names + [sm.MEG_TRIGGER], c.meg_sfreq, ["mag"] * len(names) + ["stim"])
+                    for ch, p in zip(info["chs"], sensors):
+                        ch["loc"][:3] = p
+                    raw = mne.io.RawArray(np.concatenate([data * 1e-13, stim]), info, verbose="error")
+                    meg = tmp / f"sub-BIGMEG{s + 1}" / "ses-01" / "meg"
+                    meg.mkdir(parents=True, exist_ok=True)
+                    stem = f"sub-BIGMEG{s + 1}_ses-01_task-main_run-{run + 1:02d}"
+                    raw.save(meg / f"{stem}_meg.fif", fmt="single", verbose="error")
+                    rows = ["onset\tduration\ttrial_type\tvalue\tsample\timage_nr\tcategory_nr\timage_path"]
+                    for t, start in zip(chunk, starts):
+                        kind = "exp" if t < n_train else "test"
+                        k = int(train_cls[t] if t < n_train else test_cls[t - n_train])
+                        rows.append(f"{start / c.meg_sfreq:.6f}\t0.5\t{kind}\t{1 if kind == 'exp' else 2}\t{start}\t"
+                                    f"{t + 1}\t{k + 1}\t{paths[t]}")
+                    (meg / f"{stem}_events.tsv").write_text("\n".join(rows) + "\n")
+                    (meg / f"{stem}_channels.tsv").write_text("name\ttype\tunits\n" + "".join(
+                        f"{n}\tMEGMAG\tT\n" for n in names) + f"{sm.MEG_TRIGGER}\tTRIG\tn/a\n")
+            _write_meta(tmp, "things-meg", c)
+
+        return atomic_dir(root, fill)
+
+    def write_things_eeg2(self, root: str | os.PathLike) -> Path:
+        """The THINGS-EEG2 layout (see :mod:`mindvis.data.synthetic_meeg`): preprocessed .npy dicts and image folders."""
+        from PIL import Image
+
+        from . import synthetic_meeg as sm
+
+        c = self.cfg
+        times = np.round(np.arange(-0.2, 0.8 - 1e-9, 0.01), 2)  # 100 samples at 100 Hz, as the release
+
+        def fill(tmp: Path):
+            train_imgs, train_cls, test_imgs, test_cls = self.god_stimuli()
+            for split, imgs, cls in (("training", train_imgs, train_cls), ("test", test_imgs, test_cls)):
+                order = np.argsort(cls, kind="stable")  # the release orders images by concept folder
+                for i in order:
+                    k = int(cls[i])
+                    folder = tmp / "image_set" / f"{split}_images" / f"{sorted(set(cls.tolist())).index(k) + 1:05d}_{self._concept(k)}"
+                    folder.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(imgs[i]).save(folder / f"{self._concept(k)}_{i:05d}.png")
+            sensors = sm.eeg2_positions()
+            for s in range(c.meeg_subjects):
+                brain, sig_tr, sig_te = self._meeg_brain(s)
+                rng = np.random.default_rng([c.seed, 11, s])
+                sources = sm.make_sources(list(brain.areas), c.meeg_sources_per_area, sensors, rng)
+                amps = sm.source_amplitudes(np.concatenate([sig_tr, sig_te]), brain.area_sizes, c.meeg_sources_per_area)
+                ev = sm.evoked(amps, sources, times)  # (images, 17, 100)
+                noise_sd = sm.scale_to_snr(float(ev[:, :, (times >= 0) & (times < 0.5)].var()), c.eeg_snr)
+                folder = tmp / "preprocessed_data" / f"sub-{s + 1:02d}"
+                folder.mkdir(parents=True)
+                n_train = len(sig_tr)
+                for split, idx, reps in (("training", np.argsort(train_cls, kind="stable"), c.eeg_train_repeats),
+                                         ("test", n_train + np.argsort(test_cls, kind="stable"), c.meeg_test_repeats)):
+                    data = np.stack([[ev[i] + noise_sd * sm.background(len(times), 100.0, sources.gain, rng)
+                                      for _ in range(reps)] for i in idx]).astype(np.float32)
+                    np.save(folder / f"preprocessed_eeg_{split}.npy",
+                            {"preprocessed_eeg_data": data, "ch_names": list(sm.EEG2_CHANNELS), "times": times},
+                            allow_pickle=True)
+            _write_meta(tmp, "things-eeg2", c)
+
+        return atomic_dir(root, fill)
+
     def write(self, root: str | os.PathLike, parts=("hcp", "god", "bold5000")) -> Path:
-        """Write the chosen parts under ``root`` as ``HCP/``, ``GOD/``, ``BOLD5000/`` and ``NSD/``."""
+        """Write the chosen parts under ``root`` as ``HCP/``, ``GOD/``, ``BOLD5000/``, ``NSD/``, ``THINGS-MEG/`` and
+        ``THINGS-EEG2/``."""
         root = Path(root)
         writers = {"hcp": (self.write_hcp, "HCP"), "god": (self.write_god, "GOD"),
-                   "bold5000": (self.write_bold5000, "BOLD5000"), "nsd": (self.write_nsd, "NSD")}
+                   "bold5000": (self.write_bold5000, "BOLD5000"), "nsd": (self.write_nsd, "NSD"),
+                   "things-meg": (self.write_things_meg, "THINGS-MEG"),
+                   "things-eeg2": (self.write_things_eeg2, "THINGS-EEG2")}
         for p in parts:
             if p not in writers:
                 raise ValueError(f"unknown part {p!r}; choose from {sorted(writers)}")

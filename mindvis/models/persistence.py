@@ -79,4 +79,4 @@ class PretrainedMixin:
         except (RuntimeError, KeyError) as e:
             raise DataError(f"{folder / WEIGHTS_NAME}: weights do not fit the {cls.__name__} of {CONFIG_NAME} "
                             f"({str(e).splitlines()[0]})") from None
-        return model
+        return model.eval()  # as diffusers and transformers load models: training code calls train() itself
