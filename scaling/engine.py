@@ -309,58 +309,51 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict, out: Path) -> None:
+def _band_plot(path: Path, curves: dict, chance: float, xlabel: str, ylabel: str, title: str, log_x: bool = False,
+               fits: dict | None = None) -> None:
+    """One line per curve (label -> (x, mean, std)) with its +-std band, dashed fits (label -> (a, b): a + b log10 x)
+    and chance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    a = report["analysis"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for arm, e in a["arms"].items():
-        n = np.array([r["n_train"] for r in e["curve"]])
-        m = np.array([r["top1"]["mean"] for r in e["curve"]])
-        s = np.array([r["top1"]["std"] for r in e["curve"]])
-        line, = ax.plot(n, m, "o-", label=arm)
-        ax.fill_between(n, m - s, m + s, color=line.get_color(), alpha=0.2)
-        f = e["fits"]["top1"]
-        if f["slope"] is not None:
-            xs = np.geomspace(n.min(), n.max(), 20)
-            ax.plot(xs, f["intercept"] + f["slope"] * np.log10(xs), "--", color=line.get_color(), lw=1)
-    chance = next(iter(a["arms"].values()))["curve"][0]["top1"]["chance"]
+    for label, (x, m, s) in curves.items():
+        x, m, s = np.asarray(x, float), np.asarray(m), np.asarray(s)
+        line, = ax.plot(x, m, "o-", label=label)
+        ax.fill_between(x, m - s, m + s, color=line.get_color(), alpha=0.2)
+        if fits and fits.get(label):
+            xs = np.geomspace(x.min(), x.max(), 20)
+            ax.plot(xs, fits[label][0] + fits[label][1] * np.log10(xs), "--", color=line.get_color(), lw=1)
     ax.axhline(chance, color="gray", lw=1, ls=":", label="chance")
-    ax.set(xscale="log", xlabel="training pairs", ylabel="test top-1 (brain -> image)", title="scaling with data")
+    ax.set(xscale="log" if log_x else "linear", xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "scaling.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot(report: dict, out: Path) -> None:
+    """scaling.png (top-1 vs training pairs with fits), averaging.png, and subjects.png when the axis ran."""
+    a = report["analysis"]
+    top1 = lambda rows: ([r["top1"]["mean"] for r in rows], [r["top1"]["std"] for r in rows])
+    chance = next(iter(a["arms"].values()))["curve"][0]["top1"]["chance"]
+    _band_plot(out / "scaling.png", {arm: ([r["n_train"] for r in e["curve"]], *top1(e["curve"]))
+                                     for arm, e in a["arms"].items()}, chance, "training pairs",
+               "test top-1 (brain -> image)", "scaling with data", log_x=True,
+               fits={arm: (e["fits"]["top1"]["intercept"], e["fits"]["top1"]["slope"])
+                     if e["fits"]["top1"]["slope"] is not None else None for arm, e in a["arms"].items()})
     avg = {arm: e["averaging"] for arm, e in a["arms"].items() if e["averaging"]}
     if avg:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for arm, pts in avg.items():
-            r = [p["repetitions"] for p in pts]
-            m, s = np.array([p["top1"] for p in pts]), np.array([p["std"] for p in pts])
-            line, = ax.plot(r, m, "o-", label=arm)
-            ax.fill_between(r, m - s, m + s, color=line.get_color(), alpha=0.2)
-        ax.axhline(chance, color="gray", lw=1, ls=":", label="chance")
-        ax.set(xlabel="test repetitions averaged", ylabel="test top-1", title="test-time averaging (largest size)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "averaging.png", dpi=120)
-        plt.close(fig)
+        _band_plot(out / "averaging.png", {arm: ([p["repetitions"] for p in pts], [p["top1"] for p in pts],
+                                                 [p["std"] for p in pts]) for arm, pts in avg.items()},
+                   chance, "test repetitions averaged", "test top-1", "test-time averaging (largest size)")
     if a.get("subjects"):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for mode, e in a["subjects"].items():
-            k = [r["subjects"] for r in e["curve"]]
-            m, s = np.array([r["top1"]["mean"] for r in e["curve"]]), np.array([r["top1"]["std"] for r in e["curve"]])
-            line, = ax.plot(k, m, "o-", label=f"mlp-shared, {mode} pairs fixed")
-            ax.fill_between(k, m - s, m + s, color=line.get_color(), alpha=0.2)
-        ax.axhline(chance, color="gray", lw=1, ls=":", label="chance")
-        ax.set(xlabel="training subjects", ylabel="test top-1 (first subject)", title="scaling with subjects")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "subjects.png", dpi=120)
-        plt.close(fig)
+        _band_plot(out / "subjects.png", {f"mlp-shared, {mode} pairs fixed": ([r["subjects"] for r in e["curve"]],
+                                                                              *top1(e["curve"]))
+                                          for mode, e in a["subjects"].items()},
+                   chance, "training subjects", "test top-1 (first subject)", "scaling with subjects")
 
 
 def scaling(cfg: DictConfig, out: str | Path) -> dict:

@@ -29,6 +29,9 @@ The model, in short:
 * **NSD**: the subjects' images are shown three times each in a random order, 750 trials per session; voxels
   sit at the nsdgeneral positions of a small 1.8-mm volume (the rest of the volume is noise), and every
   session adds its own per-voxel offset and gain to the betas, which per-session z-scoring removes.
+* **MEG / EEG** (:mod:`mindvis.data.synthetic_meeg`): the task subjects' voxel responses drive dipoles per
+  visual area with area-specific time courses, seen through a lead field at MEG helmet or EEG 10-20 positions,
+  written as THINGS-MEG (continuous FIF runs) and THINGS-EEG2 (preprocessed ``.npy``) releases.
 * **Resting state** (HCP): spontaneous activity drives the same encoding model (RFs, tunings, nonlinearity and
   noise sources) with spatially
   smooth random feature maps and a random category vector that evolve as AR(1) processes (time
