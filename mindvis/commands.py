@@ -10,7 +10,7 @@ from .config import ConfigError, build_config, to_object
 
 def synth_main(argv=None) -> int:
     """Write the synthetic brain world (HCP, GOD, BOLD5000, NSD, THINGS-MEG and THINGS-EEG2 layouts) into a folder."""
-    from .data.synthetic import DEVICE_PRESETS, SyntheticWorld, SyntheticWorldConfig, device_overrides
+    from .data.synthetic import DEVICE_PRESETS, WORLD_PRESETS, SyntheticWorld, SyntheticWorldConfig, device_overrides
 
     p = argparse.ArgumentParser(
         prog="mindvis-synth", description=synth_main.__doc__,
@@ -25,6 +25,9 @@ def synth_main(argv=None) -> int:
                    help="single-trial SNR and test repetitions of fMRI at this field strength: "
                         + "; ".join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items())}" for k, v in
                                     sorted(DEVICE_PRESETS.items())) + " (key=value overrides come after it)")
+    p.add_argument("--world", choices=sorted(WORLD_PRESETS),
+                   help="sizes of a release: god = 1,200 training images of 150 classes, 50 test images, 4,640 "
+                        "visual voxels (the default world is smaller: 400 pairs, 1,072 voxels)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="world settings (see the module docstring)")
     args = p.parse_args(argv)
     # key=value after --parts belongs to the overrides (argparse alone would give it to --parts)
@@ -33,7 +36,7 @@ def synth_main(argv=None) -> int:
     if not args.parts or any(a not in parts for a in args.parts):
         p.error(f"argument --parts: choose from {', '.join(parts)} (got {' '.join(args.parts) or 'none'})")
     try:
-        device = device_overrides(args.device) if args.device else []
+        device = device_overrides(args.device, args.world)
         cfg = to_object(build_config(SyntheticWorldConfig, overrides=device + args.overrides))
         root = SyntheticWorld(cfg).write(args.out, args.parts)
     except (ConfigError, ValueError) as e:

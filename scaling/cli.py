@@ -8,7 +8,7 @@ import sys
 from mindvis.config import ConfigError, build_config
 from mindvis.configs import preset_names, preset_path
 from mindvis.data.fmri import DataError
-from mindvis.data.synthetic import DEVICE_PRESETS, device_overrides
+from mindvis.data.synthetic import DEVICE_PRESETS, WORLD_PRESETS, device_overrides
 from mindvis.finetune.config import DATASETS, MEEG_DATASETS
 from mindvis.models.image_embedders import EmbedderUnavailable
 
@@ -54,6 +54,9 @@ def main(argv=None) -> int:
                    help="synthetic world only: fMRI at this field strength, the single-trial SNR and test repetitions "
                         "of " + "; ".join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items())}" for k, v in
                                           sorted(DEVICE_PRESETS.items())) + " (sets cell.data.synthetic.*)")
+    p.add_argument("--world", choices=sorted(WORLD_PRESETS),
+                   help="synthetic world only: the sizes of a release (god: 1,200 training pairs of 150 classes, 50 test "
+                        "images, 4,640 voxels; sets cell.data.synthetic.*)")
     p.add_argument("--out", required=True, metavar="DIR", help="study folder (rerun the same command to continue)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -61,11 +64,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         name = args.config or (args.dataset if preset_path("scaling", args.dataset).is_file() else None)
-        if args.device and args.dataset != "synthetic":
-            raise ConfigError(f"--device {args.device} sets the synthetic world's noise; --dataset is {args.dataset}")
+        if (args.device or args.world) and args.dataset != "synthetic":
+            raise ConfigError(f"--device / --world set the synthetic world; --dataset is {args.dataset}")
         flags = [f"cell.data.dataset={args.dataset}"] + [f"{k}={v}" for k, v in (
             ("cell.data.path", args.data_path), ("cell.target", args.target)) if v]
-        flags += device_overrides(args.device, "cell.data.synthetic.") if args.device else []
+        flags += device_overrides(args.device, args.world, "cell.data.synthetic.")
         cfg = build_config(ScalingConfig, preset_path("scaling", name) if name else None, flags + list(args.overrides))
         if args.print_config:
             from omegaconf import OmegaConf

@@ -129,5 +129,9 @@ def test_device_presets_set_the_worlds_noise(tmp_path, capsys):
     assert main(["--dataset", "synthetic", "--device", "3t", "--out", str(tmp_path / "d"), "--print-config"]) == 0
     text = capsys.readouterr().out
     assert "snr: 0.06" in text and "test_repeats: 35" in text
+    assert main(["--dataset", "synthetic", "--device", "7t", "--world", "god", "--out", str(tmp_path / "d"),
+                 "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "snr: 0.25" in text and "n_train_classes: 150" in text and "- 1000" in text
     assert main(["--dataset", "god", "--device", "7t", "--out", str(tmp_path / "d")]) == 2
-    assert "--device 7t" in capsys.readouterr().err
+    assert "--device / --world set the synthetic world" in capsys.readouterr().err

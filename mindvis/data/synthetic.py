@@ -75,6 +75,11 @@ RESPONSES = ("css", "linear")
 #: per image. 3T: GOD (Horikawa & Kamitani 2017; 3-mm voxels, one 9-s block per training image), assumed at half
 #: NSD's noise-ceiling SNR -> variance ~0.06; 35 test repetitions. Orders of magnitude, not fits to either release.
 DEVICE_PRESETS = {"7t": {"snr": 0.25, "test_repeats": 3}, "3t": {"snr": 0.06, "test_repeats": 35}}
+#: world sizes of the releases. god: GOD's training set (1,200 images, 8 of each of 150 classes) and test set (50
+#: images of 50 other classes), and a visual cortex of GOD's order (subject 3's VC: 4,643 voxels; split over the areas
+#: here by roughly decreasing size from V1 to PPA, not from the release's masks)
+WORLD_PRESETS = {"god": {"n_train_classes": 150, "images_per_class": 8, "n_test_classes": 50,
+                         "god_voxels": [1000, 900, 800, 600, 600, 400, 340]}}
 _CATEGORY_WEIGHT = {"V1": 0.0, "V2": 0.1, "V3": 0.25, "V4": 0.45, "LOC": 0.65, "FFA": 0.75, "PPA": 0.75,
                     "EarlyVis": 0.05, "OPA": 0.6, "RSC": 0.7}
 
@@ -830,11 +835,17 @@ def _write_meta(folder: Path, part: str, cfg: SyntheticWorldConfig) -> None:
     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def device_overrides(device: str, prefix: str = "") -> list[str]:
-    """``key=value`` overrides of the world's settings for a ``DEVICE_PRESETS`` name, keys under ``prefix``."""
-    if device not in DEVICE_PRESETS:
-        raise ValueError(f"unknown device preset {device!r}; choose from {sorted(DEVICE_PRESETS)}")
-    return [f"{prefix}{k}={v}" for k, v in DEVICE_PRESETS[device].items()]
+def device_overrides(device: str | None = None, world: str | None = None, prefix: str = "") -> list[str]:
+    """``key=value`` overrides of the world's settings for a ``DEVICE_PRESETS`` and a ``WORLD_PRESETS`` name, keys
+    under ``prefix``."""
+    out = []
+    for name, presets, what in ((device, DEVICE_PRESETS, "device"), (world, WORLD_PRESETS, "world")):
+        if name is None:
+            continue
+        if name not in presets:
+            raise ValueError(f"unknown {what} preset {name!r}; choose from {sorted(presets)}")
+        out += [f"{prefix}{k}={v}".replace(" ", "") for k, v in presets[name].items()]
+    return out
 
 
 def default_cache_dir() -> Path:
