@@ -84,6 +84,16 @@ def cell_config(cfg: DictConfig, arm: str, n: int, seed: int, folder: Path) -> D
     return c
 
 
+def cell_scores(test: dict, averaging: list[dict]) -> dict:
+    """A cell's record of align's test metrics: the values, their chance, and the averaging curve."""
+    names = {"top1": "top1_brain_to_image", "top5": "top5_brain_to_image", "median_rank": "relative_median_rank",
+             "correlation": "embedding_correlation"}
+    return {"test": {k: test[v]["value"] for k, v in names.items()},
+            "chance": {"top1": test[names["top1"]]["chance"], "top5": test[names["top5"]]["chance"], "median_rank": 0.5,
+                       "correlation": 0.0},
+            "averaging": [{"repetitions": a["repetitions"], "top1": a["top1"], "top5": a["top5"]} for a in averaging]}
+
+
 def run_cell(cfg: DictConfig, arm: str, label: str, n: int, seed: int, out: Path) -> dict:
     """Train and test one cell with mindvis-align; its run folder is ``out/runs/<name>``."""
     name = f"{arm}-{label}-s{seed}"
@@ -91,15 +101,8 @@ def run_cell(cfg: DictConfig, arm: str, label: str, n: int, seed: int, out: Path
     shutil.rmtree(runs / name, ignore_errors=True)  # an interrupted cell starts over
     t0 = time.time()
     report = align(cell_config(cfg, arm, n, seed, runs), run_name=name)
-    test = report["test"]
     result = {"arm": arm, "size": label, "n_train": n, "seed": seed, "seconds": round(time.time() - t0, 1),
-              "test": {"top1": test["top1_brain_to_image"]["value"], "top5": test["top5_brain_to_image"]["value"],
-                       "median_rank": test["relative_median_rank"]["value"],
-                       "correlation": test["embedding_correlation"]["value"]},
-              "chance": {"top1": test["top1_brain_to_image"]["chance"], "top5": test["top5_brain_to_image"]["chance"],
-                         "median_rank": 0.5, "correlation": 0.0},
-              "averaging": [{"repetitions": a["repetitions"], "top1": a["top1"], "top5": a["top5"]}
-                            for a in report.get("averaging", [])]}
+              **cell_scores(report["test"], report.get("averaging", []))}
     atomic_write_json(out / "cells" / f"{name}.json", result)
     return result
 
@@ -161,13 +164,7 @@ def run_subject_cell(cfg: DictConfig, name: str, n_subjects: int, mode: str, see
     result = {"arm": "mlp-shared", "subjects": n_subjects, "mode": mode, "seed": seed, "ids": ids,
               "pairs_per_subject": {s: len(t) for s, t in train.items()}, "best_epoch": fit["best_epoch"],
               "seconds": round(time.time() - t0, 1),
-              "test": {"top1": rep["top1_brain_to_image"]["value"], "top5": rep["top5_brain_to_image"]["value"],
-                       "median_rank": rep["relative_median_rank"]["value"],
-                       "correlation": rep["embedding_correlation"]["value"]},
-              "chance": {"top1": rep["top1_brain_to_image"]["chance"], "top5": rep["top5_brain_to_image"]["chance"],
-                         "median_rank": 0.5, "correlation": 0.0},
-              "averaging": [{"repetitions": a["repetitions"], "top1": a["top1"], "top5": a["top5"]}
-                            for a in (averaging_curve(view, trials, emb["test"]) if trials is not None else [])]}
+              **cell_scores(rep, averaging_curve(view, trials, emb["test"]) if trials is not None else [])}
     atomic_write_json(out / "cells" / f"{name}.json", result)
     return result
 
