@@ -119,7 +119,6 @@ def _prepare_run(run: Path, s: MEGSettings, sfreq_seen: dict) -> tuple[np.ndarra
     if s.filtering == "window":
         from mindvis.data.meeg import preprocess_window, window_bounds
 
-        x = raw.get_data()
         out = []
         for i, onset in enumerate(samples - raw.first_samp):
             a, b = window_bounds(int(onset), rate, s.tmin, s.tmax)

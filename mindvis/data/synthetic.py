@@ -17,7 +17,8 @@ The model, in short:
   fixed nonlinear embedding of the class attributes (invariant to the instance jitter) read out by
   smoothly varying voxel loadings; its weight grows from V1 (none) to PPA.
 * **Response nonlinearity** (``response="css"``, the default; ``"linear"`` with ``shared_noise=0`` is the
-  earlier versions' world): a voxel's linear drive is rectified (a fraction ``response_floor`` of stimuli leaves it
+  earlier versions' model: its task fMRI equals theirs to float32 rounding, its resting state draws its noise in
+  another order): a voxel's linear drive is rectified (a fraction ``response_floor`` of stimuli leaves it
   at rest), divided by the activity of its neighbourhood on the sheet (divisive normalisation, Heeger 1992; the DN
   stage of Kay et al. 2013, PLoS Comput Biol) and compressed by a power law with an exponent below one that falls
   from V1 to the higher areas (compressive spatial summation, Kay et al. 2013, J Neurophysiol).
@@ -415,7 +416,8 @@ def make_brain(areas, sizes, grid: int, category_dim: int, rng: np.random.Genera
         tuning = np.sqrt(1 - variability**2) * template.tuning + variability * tuning
         loading = np.sqrt(1 - variability**2) * template.loading + variability * loading
     noise_mix = rng.uniform(0.3, 0.6, rf.shape[0])
-    # drawn last, so that a world with response="linear" and shared_noise=0 is the earlier versions' world
+    # drawn last, so that the task fMRI of response="linear", shared_noise=0 stays the earlier versions' (the HCP
+    # subjects' generator goes on to the resting state, whose draws therefore moved)
     exponent = np.concatenate(exps) * np.exp(rng.normal(0, 0.2, rf.shape[0]))
     noise_loading = _smooth_along(rng.normal(0, 1, (rf.shape[0], cfg.noise_factors)), 20.0)
     noise_loading /= np.linalg.norm(noise_loading, axis=1, keepdims=True) + 1e-8
