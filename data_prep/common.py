@@ -49,9 +49,10 @@ def item_record(folder: Path) -> dict:
     return json.loads((folder / ".done").read_text())
 
 
-def write_meta(out: Path, kind: str, sources: dict, items: dict, settings: dict) -> None:
+def write_meta(out: Path, kind: str, sources: dict, items: dict, settings: dict, extra: dict | None = None) -> None:
+    """``out/meta.json``: what was prepared, from what, with which settings; ``extra`` adds keys readers need."""
     atomic_write_json(out / "meta.json", {"preparation": kind, "sources": sources, "settings": settings,
-                                          "items": items, "versions": versions()})
+                                          "items": items, "versions": versions(), **(extra or {})})
 
 
 def require_file(path: Path, what: str) -> Path:

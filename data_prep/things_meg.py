@@ -203,11 +203,13 @@ def _assemble(root: Path, subject: str, runs: list[Path], parts: Path, out: Path
         del arr
 
     atomic_write(out / "trials.npy", write_trials)
-    with open(out / "trials.csv.tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (out / "trials.csv.tmp").replace(out / "trials.csv")
+    def write_rows(tmp: Path):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(out / "trials.csv", write_rows)
     names = sorted(counts)
     imgs = []
     for n in names:
@@ -219,16 +221,14 @@ def _assemble(root: Path, subject: str, runs: list[Path], parts: Path, out: Path
     atomic_write(out / f"images_{s.image_size}.npy", lambda tmp: np.save(open(tmp, "wb"), np.stack(imgs)))
     (out / "image_ids.json").write_text(json.dumps(names))
     positions = np.array(records[0]["positions"])
-    write_meta(out, "things-meg", {"root": str(root), "runs": [r.name for r in runs]}, {subject: {"trials": len(x)}},
-               {**asdict(s), "subject": subject})
-    meta = json.loads((out / "meta.json").read_text())
-    meta |= {"ch_names": records[0]["ch_names"], "positions": positions.tolist(),
+    extra = {"ch_names": records[0]["ch_names"], "positions": positions.tolist(),
              "layout": sensor_layout(positions).tolist(), "times": records[0]["times"],
-             "raw_sfreq": records[0]["raw_sfreq"], "robust_median": median.tolist(),
-             "robust_iqr": iqr.tolist()}
+             "raw_sfreq": records[0]["raw_sfreq"], "robust_median": median.tolist(), "robust_iqr": iqr.tolist()}
     source = root / "meta.json"  # a synthetic release records its world (for the world's embedding space)
-    if source.is_file() and json.loads(source.read_text()).get("generator") == "mindvis.data.synthetic":
-        meta["synthetic_world"] = json.loads(source.read_text())["config"]
-    atomic_write(out / "meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
+    release = json.loads(source.read_text()) if source.is_file() else {}
+    if release.get("generator") == "mindvis.data.synthetic":
+        extra["synthetic_world"] = release["config"]
+    write_meta(out, "things-meg", {"root": str(root), "runs": [r.name for r in runs]}, {subject: {"trials": len(x)}},
+               {**asdict(s), "subject": subject}, extra)
     shutil.rmtree(parts)
     return out

@@ -10,7 +10,8 @@ from .config import ConfigError, build_config, to_object
 
 def synth_main(argv=None) -> int:
     """Write the synthetic brain world (HCP, GOD, BOLD5000, NSD, THINGS-MEG and THINGS-EEG2 layouts) into a folder."""
-    from .data.synthetic import DEVICE_PRESETS, WORLD_PRESETS, SyntheticWorld, SyntheticWorldConfig, device_overrides
+    from .data.synthetic import (DEVICE_PRESETS, WORLD_PRESETS, SyntheticWorld, SyntheticWorldConfig,
+                                 describe_devices, device_overrides)
 
     p = argparse.ArgumentParser(
         prog="mindvis-synth", description=synth_main.__doc__,
@@ -23,8 +24,7 @@ def synth_main(argv=None) -> int:
                    help="which datasets to write (default: hcp god bold5000)")
     p.add_argument("--device", choices=sorted(DEVICE_PRESETS),
                    help="single-trial SNR and test repetitions of fMRI at this field strength: "
-                        + "; ".join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items())}" for k, v in
-                                    sorted(DEVICE_PRESETS.items())) + " (key=value overrides come after it)")
+                        + describe_devices() + " (key=value overrides come after it)")
     p.add_argument("--world", choices=sorted(WORLD_PRESETS),
                    help="sizes of a release: god = 1,200 training images of 150 classes, 50 test images, 4,640 "
                         "visual voxels (the default world is smaller: 400 pairs, 1,072 voxels)")

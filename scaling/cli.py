@@ -8,7 +8,7 @@ import sys
 from mindvis.config import ConfigError, build_config
 from mindvis.configs import preset_names, preset_path
 from mindvis.data.fmri import DataError
-from mindvis.data.synthetic import DEVICE_PRESETS, WORLD_PRESETS, device_overrides
+from mindvis.data.synthetic import DEVICE_PRESETS, WORLD_PRESETS, describe_devices, device_overrides
 from mindvis.finetune.config import DATASETS, MEEG_DATASETS
 from mindvis.models.image_embedders import EmbedderUnavailable
 
@@ -52,8 +52,7 @@ def main(argv=None) -> int:
                                                        f"({', '.join(preset_names('scaling'))})")
     p.add_argument("--device", choices=sorted(DEVICE_PRESETS),
                    help="synthetic world only: fMRI at this field strength, the single-trial SNR and test repetitions "
-                        "of " + "; ".join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items())}" for k, v in
-                                          sorted(DEVICE_PRESETS.items())) + " (sets cell.data.synthetic.*)")
+                        "of " + describe_devices() + " (sets cell.data.synthetic.*)")
     p.add_argument("--world", choices=sorted(WORLD_PRESETS),
                    help="synthetic world only: the sizes of a release (god: 1,200 training pairs of 150 classes, 50 test "
                         "images, 4,640 voxels; sets cell.data.synthetic.*)")

@@ -684,14 +684,18 @@ class SyntheticWorld:
 
         return atomic_dir(root, fill)
 
-    def _meeg_brain(self, s: int):
-        """Subject ``s``'s visual cortex for M/EEG (its own stream) and its noise-free responses to the GOD-like
-        training and test images."""
+    def _meeg_sources(self, s: int, sensors: np.ndarray, rng: np.random.Generator):
+        """Subject ``s``'s dipoles for M/EEG (its visual cortex from its own stream) and their amplitudes for the
+        GOD-like training then test images: (Sources, (images, S) amplitudes, number of training images)."""
+        from . import synthetic_meeg as sm
+
         train_imgs, train_cls, test_imgs, test_cls = self.god_stimuli()
         f_tr, e_tr = self._stimulus_features(train_imgs, train_cls)
         f_te, e_te = self._stimulus_features(test_imgs, test_cls)
         brain = self._task_brain(TASK_AREAS, self.cfg.god_voxels, 300 + s, f_tr, e_tr)
-        return brain, brain.signal(f_tr, e_tr), brain.signal(f_te, e_te)
+        sources = sm.make_sources(list(brain.areas), self.cfg.meeg_sources_per_area, sensors, rng)
+        signal = np.concatenate([brain.signal(f_tr, e_tr), brain.signal(f_te, e_te)])
+        return sources, sm.source_amplitudes(signal, brain.area_sizes, self.cfg.meeg_sources_per_area), len(f_tr)
 
     def _concept(self, k: int) -> str:
         return f"synthetic_{SHAPES[self.classes[int(k)]['shape']]}_{int(k):03d}"
@@ -719,12 +723,9 @@ class SyntheticWorld:
             sensors = sm.helmet_positions(c.meg_sensors)
             names = [f"MEG{i + 1:03d}" for i in range(c.meg_sensors)]
             for s in range(c.meeg_subjects):
-                brain, sig_tr, sig_te = self._meeg_brain(s)
                 rng = np.random.default_rng([c.seed, 10, s])
-                sources = sm.make_sources(list(brain.areas), c.meeg_sources_per_area, sensors, rng)
-                amps = sm.source_amplitudes(np.concatenate([sig_tr, sig_te]), brain.area_sizes, c.meeg_sources_per_area)
-                n_train = len(sig_tr)
-                trials = list(range(n_train)) + [n_train + i for i in range(len(sig_te)) for _ in range(c.meeg_test_repeats)]
+                sources, amps, n_train = self._meeg_sources(s, sensors, rng)
+                trials = list(range(n_train)) + [i for i in range(n_train, len(amps)) for _ in range(c.meeg_test_repeats)]
                 trials = rng.permutation(trials)
                 times = np.arange(0, 1.0, 1 / c.meg_sfreq)
                 early = times < 0.5
@@ -781,15 +782,12 @@ class SyntheticWorld:
                     Image.fromarray(imgs[i]).save(folder / f"{self._concept(k)}_{i:05d}.png")
             sensors = sm.eeg2_positions()
             for s in range(c.meeg_subjects):
-                brain, sig_tr, sig_te = self._meeg_brain(s)
                 rng = np.random.default_rng([c.seed, 11, s])
-                sources = sm.make_sources(list(brain.areas), c.meeg_sources_per_area, sensors, rng)
-                amps = sm.source_amplitudes(np.concatenate([sig_tr, sig_te]), brain.area_sizes, c.meeg_sources_per_area)
+                sources, amps, n_train = self._meeg_sources(s, sensors, rng)
                 ev = sm.evoked(amps, sources, times)  # (images, 17, 100)
                 noise_sd = sm.scale_to_snr(float(ev[:, :, (times >= 0) & (times < 0.5)].var()), c.eeg_snr)
                 folder = tmp / "preprocessed_data" / f"sub-{s + 1:02d}"
                 folder.mkdir(parents=True)
-                n_train = len(sig_tr)
                 for split, idx, reps in (("training", np.argsort(train_cls, kind="stable"), c.eeg_train_repeats),
                                          ("test", n_train + np.argsort(test_cls, kind="stable"), c.meeg_test_repeats)):
                     data = np.stack([[ev[i] + noise_sd * sm.background(len(times), 100.0, sources.gain, rng)
@@ -835,6 +833,11 @@ def _write_meta(folder: Path, part: str, cfg: SyntheticWorldConfig) -> None:
     meta = {"generator": "mindvis.data.synthetic", "part": part, "config": asdict(cfg),
             "fingerprint": cfg.fingerprint()}
     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def describe_devices() -> str:
+    """``DEVICE_PRESETS`` in words, for --help: ``3t: snr=0.06, test_repeats=35; 7t: ...``."""
+    return "; ".join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items())}" for k, v in sorted(DEVICE_PRESETS.items()))
 
 
 def device_overrides(device: str | None = None, world: str | None = None, prefix: str = "") -> list[str]:
