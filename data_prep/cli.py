@@ -63,10 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                                       "40/40/32/30/40/32/40/30)")
     n.add_argument("--roi", default="nsdgeneral", help="ROI file under func1pt8mm/roi/ (default: nsdgeneral)")
     n.add_argument("--roi-threshold", type=float, default=0.0,
-                   help="voxels whose ROI value is above this (default 0: nsdgeneral's 1s; -1 marks outside the "
-                        "brain, 0 outside the ROI; MindEye2 uses the same rule)")
-    n.add_argument("--zscore", choices=["session", "none"], default="session",
-                   help="z-score each voxel within each session (default, as MindEye) or keep percent signal change")
+                   help="voxels whose ROI value is above this (default 0: nsdgeneral's 1s; -1 marks voxels that "
+                        "are not cortical voxels, 0 cortical voxels outside the ROI; MindEye2 uses the same rule)")
+    n.add_argument("--zscore", choices=["session-train", "session-all", "none"], default="session-train",
+                   help="z-score each voxel within each session with statistics from the session's trials outside "
+                        "the shared-1000 (session-train, default: the MindEye2 paper) or from all its trials "
+                        "(session-all: MindEye2's released notebook), or keep percent signal change (none); "
+                        "meta.json records which")
     n.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="dtype of betas.npy")
     n.add_argument("--image-size", type=int, default=256, help="stimulus side in pixels (default 256; 425 = as released)")
     n.add_argument("--out", required=True, help="output folder (then: mindvis-finetune --dataset nsd --data-path OUT)")

@@ -2,11 +2,12 @@
 
 Release files read (paths under ``--root``):
 
-* ``nsddata_betas/ppdata/subjNN/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_sessionNN.nii.gz`` (or ``.hdf5`` with
-  dataset ``betas``, MATLAB order: h5py shows (trials, Z, Y, X)): int16, 750 trials per session, percent signal
-  change x 300;
+* ``nsddata_betas/ppdata/subjNN/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_sessionNN.nii.gz`` (or ``.hdf5``, or
+  the older name ``.mat`` that nsd_access and the NSD examples read: the same HDF5 file with dataset ``betas``,
+  MATLAB order: h5py shows (trials, Z, Y, X)): int16, 750 trials per session, percent signal change x 300;
 * ``nsddata/ppdata/subjNN/func1pt8mm/roi/<roi>.nii.gz``: voxels whose value is above ``roi_threshold`` (default 0:
-  nsdgeneral's 1s; -1 is outside the brain, 0 outside the ROI), flattened in the betas' (C) order;
+  nsdgeneral's 1s; -1 marks voxels that are not cortical voxels, 0 cortical voxels outside the ROI), flattened in the
+  betas' (C) order;
 * ``nsddata/experiments/nsd/nsd_expdesign.mat``: ``masterordering`` (1-based positions in the subject's image list,
   per trial), ``subjectim`` (8 x 10,000 1-based 73k ids), ``sharedix`` (the shared-1000, 1-based 73k ids);
 * ``nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5``: ``imgBrick`` (73,000, 425, 425, 3) uint8.
@@ -19,7 +20,14 @@ session, volume, nsd_id (0-based), repetition (0-based, counted over the whole d
 ``images_<size>.npy`` (uint8, one per id in ``image_ids.npy``, sorted), ``voxels.npy`` (flat indices of the ROI in
 the volume) and ``meta.json``. Sessions are prepared one at a time (bounded memory) into ``sessions/`` and each is
 renamed into place when complete, so an interrupted preparation resumes where it stopped; they are removed once
-``betas.npy`` holds them (a rerun with the same settings then returns at once).
+``betas.npy`` holds them (a rerun with the same settings then returns at once). A finished session records the
+settings that made it; a rerun with other settings prepares that session again instead of mixing the two.
+
+Z-scoring (``zscore_mode``), per voxel within each session: ``session-train`` (default, as the MindEye2 paper) fits
+the mean and standard deviation on the session's trials outside the shared-1000 test images and applies them to all
+its trials, so no statistic is drawn from test trials; ``session-all`` fits them on all 750 trials, as MindEye2's
+released data notebook (which notes that the paper excluded the shared-1000) and MindEye; ``none`` keeps percent
+signal change.
 """
 from __future__ import annotations
 
@@ -39,7 +47,8 @@ from .common import done, item_record, load_image, require_file, write_item, wri
 TRIALS_PER_SESSION = 750
 BETA_SCALE = 300.0  # the release stores percent signal change x 300 as int16
 SESSIONS = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}  # sessions each subject completed
-ZSCORE = ("session", "none")
+ZSCORE = ("session-train", "session-all", "none")
+BETAS_SUFFIXES = (".nii.gz", ".hdf5", ".mat")  # .mat: the older name of the same HDF5 file
 DTYPES = ("float32", "float16")
 
 
@@ -130,7 +139,7 @@ def _betas_folder(root: Path, subject: str) -> Path:
 
 
 def _find_betas(root: Path, subject: str, session: int) -> Path | None:
-    for ext in (".nii.gz", ".hdf5"):
+    for ext in BETAS_SUFFIXES:
         p = _betas_folder(root, subject) / f"betas_session{session:02d}{ext}"
         if p.is_file():
             return p
@@ -141,13 +150,13 @@ def betas_path(root: Path, subject: str, session: int) -> Path:
     p = _find_betas(root, subject, session)
     if p is None:
         raise DataError(f"NSD betas of {subject} session {session:02d} not found: "
-                        f"{_betas_folder(root, subject)}/betas_session{session:02d}.nii.gz (or .hdf5)")
+                        f"{_betas_folder(root, subject)}/betas_session{session:02d}.nii.gz (or .hdf5, .mat)")
     return p
 
 
 def read_session(path: Path, mask: np.ndarray) -> np.ndarray:
     """(750, V) percent signal change of the ROI voxels, in the betas' flattening order."""
-    if path.suffix == ".hdf5":
+    if path.suffix in (".hdf5", ".mat"):
         import h5py
 
         try:
@@ -167,10 +176,24 @@ def read_session(path: Path, mask: np.ndarray) -> np.ndarray:
     return x
 
 
-def zscore(x: np.ndarray) -> np.ndarray:
-    """Per voxel over the session's trials; constant voxels become 0."""
-    std = x.std(0)
-    return ((x - x.mean(0)) / np.where(std > 0, std, 1)).astype(np.float32)
+def zscore(x: np.ndarray, fit: np.ndarray | None = None) -> np.ndarray:
+    """Per voxel, with the mean and standard deviation of the trials ``fit`` (a boolean mask; default all) applied
+    to every trial; constant voxels become 0."""
+    ref = x if fit is None else x[fit]
+    std = ref.std(0)
+    return ((x - ref.mean(0)) / np.where(std > 0, std, 1)).astype(np.float32)
+
+
+def normalise_session(x: np.ndarray, shared: np.ndarray, mode: str, where: str) -> np.ndarray:
+    """One session's (750, V) betas under ``mode`` (see the module docstring); ``shared`` marks its test trials."""
+    if mode == "none":
+        return x
+    if mode == "session-all":
+        return zscore(x)
+    if (~shared).sum() < 2:
+        raise DataError(f"{where}: --zscore session-train needs trials outside the shared-1000 to fit on; this session "
+                        f"has {(~shared).sum()} (use --zscore session-all)")
+    return zscore(x, ~shared)
 
 
 def load_stimuli(path: Path, ids: np.ndarray, size: int, chunk: int = 64, progress=None) -> np.ndarray:
@@ -199,7 +222,7 @@ def load_stimuli(path: Path, ids: np.ndarray, size: int, chunk: int = 64, progre
 
 
 def prepare_nsd(root: str | Path, subject: str, out: str | Path, sessions: str | None = None,
-                roi: str = "nsdgeneral", roi_threshold: float = 0.0, zscore_mode: str = "session",
+                roi: str = "nsdgeneral", roi_threshold: float = 0.0, zscore_mode: str = "session-train",
                 dtype: str = "float32", image_size: int = 256, progress=None) -> Path:
     """Prepare one NSD subject (see the module docstring); returns ``out``."""
     root, out = Path(root), Path(out)
@@ -219,14 +242,19 @@ def prepare_nsd(root: str | Path, subject: str, out: str | Path, sessions: str |
     table = trial_table(order, subjectim, shared, subject, chosen)
     mask = roi_mask(root, subject, roi, roi_threshold)
     items = {}
+    made_with = {"source": None, "roi": roi, "roi_threshold": roi_threshold, "zscore": zscore_mode,
+                 "voxels": int(mask.sum())}
     for k in (progress(chosen, desc=f"NSD {subject} sessions") if progress else chosen):
         folder = out / "sessions" / f"session{k:02d}"
+        settings_k = {**made_with, "source": str(paths[k])}
+        if done(folder) and any(item_record(folder).get(key) != v for key, v in settings_k.items()):
+            shutil.rmtree(folder)  # made with other settings: prepared again, never mixed with this run's
         if not done(folder):
-            def fill(tmp: Path, k=k):
+            def fill(tmp: Path, k=k, settings_k=settings_k):
                 x = read_session(paths[k], mask)
-                record = {"source": str(paths[k]), "mean": float(x.mean()), "std": float(x.std())}
-                np.save(tmp / "betas.npy", zscore(x) if zscore_mode == "session" else x)
-                return record
+                shared_k = table["shared"][table["session"] == k]
+                np.save(tmp / "betas.npy", normalise_session(x, shared_k, zscore_mode, str(paths[k])))
+                return {**settings_k, "mean": float(x.mean()), "std": float(x.std())}
 
             write_item(folder, fill)
         items[f"session{k:02d}"] = item_record(folder)

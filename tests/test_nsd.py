@@ -62,9 +62,15 @@ def test_trial_table_follows_the_design(release, prepared):
 def test_betas_are_percent_change_zscored_per_session(release, prepared, tmp_path):
     b = np.load(prepared / "betas.npy")
     raw = raw_session(release, 2)
-    z = (raw - raw.mean(0)) / raw.std(0)
-    np.testing.assert_allclose(b[750:], z, atol=1e-5)
+    shared = load_nsd(prepared).trials["shared"][750:]
+    assert 0 < shared.sum() < 750
+    fit = raw[~shared]  # default session-train (the MindEye2 paper): statistics of the non-shared trials only
+    np.testing.assert_allclose(b[750:], (raw - fit.mean(0)) / fit.std(0), atol=1e-5)
     assert abs(raw.mean(0)).mean() > 0.2  # the world plants per-session offsets, which z-scoring removes
+    assert json.loads((prepared / "meta.json").read_text())["settings"]["zscore"] == "session-train"
+    every = prep.prepare_nsd(release, "1", tmp_path / "all", sessions="2", zscore_mode="session-all", image_size=32)
+    np.testing.assert_allclose(np.load(every / "betas.npy"), (raw - raw.mean(0)) / raw.std(0), atol=1e-5)
+    assert not np.allclose(np.load(every / "betas.npy"), b[750:], atol=1e-3)  # the two fits differ
     plain = prep.prepare_nsd(release, "1", tmp_path / "plain", sessions="2", zscore_mode="none", dtype="float16",
                              image_size=32)
     p = np.load(plain / "betas.npy")
@@ -108,7 +114,27 @@ def test_interrupted_preparation_resumes_to_identical_output(release, prepared, 
         assert (tmp_path / "p" / f).read_bytes() == (prepared / f).read_bytes(), f
 
 
-def test_hdf5_betas_in_matlab_order_read_the_same(release, prepared, tmp_path):
+def test_a_rerun_with_other_settings_redoes_the_finished_sessions(release, prepared, tmp_path, monkeypatch):
+    real = prep.read_session
+
+    def dies_on_session_2(path, mask):
+        if "session02" in str(path):
+            raise KeyboardInterrupt
+        return real(path, mask)
+
+    monkeypatch.setattr(prep, "read_session", dies_on_session_2)
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare_nsd(release, "subj01", tmp_path / "p", image_size=64, zscore_mode="none")
+    assert json.loads((tmp_path / "p/sessions/session01/.done").read_text())["zscore"] == "none"
+    monkeypatch.setattr(prep, "read_session", real)
+    out = prep.prepare_nsd(release, "subj01", tmp_path / "p", image_size=64)  # now the default z-scoring
+    assert (out / "betas.npy").read_bytes() == (prepared / "betas.npy").read_bytes()  # no raw session mixed in
+    items = json.loads((out / "meta.json").read_text())["items"]
+    assert {r["zscore"] for r in items.values()} == {"session-train"}
+
+
+@pytest.mark.parametrize("suffix", [".hdf5", ".mat"])
+def test_hdf5_betas_in_matlab_order_read_the_same(release, prepared, tmp_path, suffix):
     import h5py
     import nibabel as nib
 
@@ -116,7 +142,7 @@ def test_hdf5_betas_in_matlab_order_read_the_same(release, prepared, tmp_path):
     shutil.copytree(release, copy)
     folder = copy / "nsddata_betas/ppdata/subj01/func1pt8mm/betas_fithrf_GLMdenoise_RR"
     data = np.asarray(nib.load(folder / "betas_session01.nii.gz").dataobj)
-    with h5py.File(folder / "betas_session01.hdf5", "w") as f:
+    with h5py.File(folder / f"betas_session01{suffix}", "w") as f:  # .mat: the older name, same HDF5 layout
         f["betas"] = data.transpose(3, 2, 1, 0)  # as h5py shows the release's MATLAB-order file
     (folder / "betas_session01.nii.gz").unlink()
     out = prep.prepare_nsd(copy, "subj01", tmp_path / "p", sessions="1-2", image_size=64)
