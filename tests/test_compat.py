@@ -57,7 +57,7 @@ class _Evil:
 def test_restricted_unpickler_refuses_code(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {}, "config": _Evil()}, path)
-    with pytest.raises(OriginalCheckpointError, match="refused by the restricted unpickler: it holds a pickled "
+    with pytest.raises(OriginalCheckpointError, match="refused: it holds a pickled "
                                                       "(posix|os).system") as err:
         load_original_checkpoint(path)
     assert "weights_only=False" not in str(err.value) and "\n" not in str(err.value)  # no advice to run it anyway

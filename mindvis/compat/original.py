@@ -1,10 +1,9 @@
 """Read and write checkpoints in the formats of the original MinD-Vis release, safely.
 
 The release's ``.pth`` files are pickles holding instances of the original's ``config.Config_*``
-classes. They are read with ``torch.load(weights_only=True)``: PyTorch's restricted unpickler, which
-admits tensors and plain containers only. The config classes are admitted under their original names
-as :class:`OriginalConfig`, a stand-in that accepts nothing but plain data (numbers, strings, None,
-lists, tuples, dicts), so no code from the file is ever run.
+classes. They are read with the restricted unpickler of :mod:`mindvis.compat.safe_pickle`
+(``torch.load(weights_only=True)``), which admits the config classes only as inert stand-ins whose pickled
+state must be plain data (numbers, strings, None, lists, tuples, dicts), so no code from the file is ever run.
 """
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ import torch
 
 from ..models.sc_mbm import FMRIEncoder, MaskedBrainModel, MBMConfig
 from ..utils.io import atomic_write
+from .safe_pickle import CheckpointError, Inert, load_torch_checkpoint
 
 #: Config classes that pickled MinD-Vis checkpoints name (module ``config``).
 ORIGINAL_CONFIG_CLASSES = ("Config_MBM_fMRI", "Config_MAE_fMRI", "Config_MBM_finetune",
@@ -39,20 +39,7 @@ def _check_plain(value, where: str):
     raise TypeError(f"{where} holds a {type(value).__name__}; only plain data is admitted from original configs")
 
 
-class OriginalConfig:
-    """Plain-data stand-in for the original's pickled ``config.Config_*`` objects."""
-
-    def __setstate__(self, state):
-        if not isinstance(state, dict):
-            raise TypeError(f"original config state must be a dict, got {type(state).__name__}")
-        _check_plain(state, "config")
-        self.__dict__.update(state)
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-class OriginalCheckpointError(ValueError):
+class OriginalCheckpointError(CheckpointError):
     """A file is not a readable MinD-Vis checkpoint of the expected kind."""
 
 
@@ -61,27 +48,23 @@ def load_original_checkpoint(path: str | os.PathLike) -> dict:
 
     Returns the checkpoint dict with its ``config`` (if any) converted to a plain ``dict``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    allowed = [(OriginalConfig, f"config.{name}") for name in ORIGINAL_CONFIG_CLASSES]
+    admit = tuple(f"config.{name}" for name in ORIGINAL_CONFIG_CLASSES)
     try:
-        with torch.serialization.safe_globals(allowed):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        text = str(e)
-        refused = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", text)
-        if refused:  # never pass on torch's advice to retry with weights_only=False: this file tried to run code
-            raise OriginalCheckpointError(
-                f"{path}: refused by the restricted unpickler: it holds a pickled {refused.group(1)}, which mindvis "
-                "does not load (a MinD-Vis checkpoint holds only tensors, numbers and its config classes)") from None
-        detail = next((line for line in text.splitlines() if line.strip() and "weights_only" not in line), "")
-        raise OriginalCheckpointError(f"{path}: not loadable as a MinD-Vis checkpoint with the restricted unpickler "
-                                      f"({type(e).__name__}{': ' + detail if detail else ''})") from None
+        ckpt = load_torch_checkpoint(path, what="MinD-Vis checkpoint", admit=admit)
+    except CheckpointError as e:
+        raise OriginalCheckpointError(str(e)) from None
     if not isinstance(ckpt, dict):
         raise OriginalCheckpointError(f"{path}: expected a dict at the top level, got {type(ckpt).__name__}")
-    if isinstance(ckpt.get("config"), OriginalConfig):
-        ckpt["config"] = ckpt["config"].to_dict()
+    config = ckpt.get("config")
+    if isinstance(config, Inert):
+        if not isinstance(config.state, dict):
+            raise OriginalCheckpointError(f"{path}: the pickled {config.name} holds a "
+                                          f"{type(config.state).__name__}, expected its attributes as a dict")
+        try:
+            _check_plain(config.state, "config")
+        except TypeError as e:
+            raise OriginalCheckpointError(f"{path}: {e}") from None
+        ckpt["config"] = dict(config.state)
     return ckpt
 
 
