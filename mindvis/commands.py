@@ -79,9 +79,21 @@ def convert_main(argv=None) -> int:
     c.add_argument("--data-path", metavar="DIR", help="the GOD folder (sbj_N.npz + images_256.npz); default: the "
                                                       "checkpoint's kam_path, relative to the original repository")
     c.add_argument("--bold5000-path", metavar="DIR", help="the BOLD5000 folder, for a BOLD5000 checkpoint")
+    d = sub.add_parser("from-brainmagick", help="brainmagick checkpoint.th -> mindvis brain module folder",
+                       description="Reads brainmagick's checkpoint.th (facebookresearch/brainmagick) with a restricted "
+                                   "unpickler (its omegaconf config and scaler as inert data) and writes the SimpleConv "
+                                   "weights as a BrainModule (aggregation none: brainmagick's time-resolved output).")
+    d.add_argument("src", help="brainmagick checkpoint.th")
+    d.add_argument("dst", help="output model folder")
+    d.add_argument("--which", choices=("best", "last"), default="best",
+                   help="the best validation epoch's weights (best_state, default) or the last epoch's (all_models)")
     args = p.parse_args(argv)
     try:
-        if args.cmd == "from-original":
+        if args.cmd == "from-brainmagick":
+            from .compat.brainmagick import convert_brainmagick
+
+            convert_brainmagick(args.src, args.dst, args.which)
+        elif args.cmd == "from-original":
             model, _ = load_original_mbm(args.src)
             model.save_pretrained(args.dst)
         elif args.cmd == "to-original":
