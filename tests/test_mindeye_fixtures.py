@@ -388,7 +388,7 @@ def test_released_mindeye2_layout_maps_onto_the_defaults():
 @pytest.mark.slow
 def test_full_size_forward_on_cpu():
     """MindEye1 (h 4096, 257 x 768, its prior and low-level model) and MindEye2 (h 4096, bigG 256 x 1664 prior): one
-    forward of batch 1 each (several GB of RAM, about a minute)."""
+    forward of batch 1 each (measured: 62 s on 2 cores, 8.6 GB peak resident memory)."""
     torch.manual_seed(0)
     with torch.no_grad():
         net = MindEye1Network().eval()
