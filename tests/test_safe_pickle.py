@@ -80,3 +80,28 @@ def test_truncated_and_missing_files(tmp_path):
         load_torch_checkpoint(tmp_path / "text.pth")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_torch_checkpoint(tmp_path / "nope.pth")
+
+
+def test_a_self_referencing_scheduler_needs_the_pop_opcode_and_still_loads(tmp_path):
+    # torch 2.0 kept OneCycleLR's anneal_func as a bound method in the scheduler's own __dict__ (MindEye1's files):
+    # pickling that recursion writes a POP opcode, which torch's restricted unpickler does not implement
+    model, ckpt = _training_checkpoint()
+    sched = ckpt["lr_scheduler"]
+    sched.anneal_func = sched._anneal_func
+    path = tmp_path / "last.pth"
+    torch.save({"model_state_dict": model.state_dict(), "lr_scheduler": {"anneal_func": sched.anneal_func}}, path)
+    import pickletools
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    assert any(op.name == "POP" for op, _, _ in pickletools.genops(pkl))
+    out = load_torch_checkpoint(path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(out["model_state_dict"][k], v)
+    assert isinstance(out["lr_scheduler"]["anneal_func"], Inert)
+    evil = tmp_path / "evil.pth"  # the same path refuses code
+    torch.save({"s": {"anneal_func": sched.anneal_func}, "payload": _RunsCode(tmp_path / "ran")}, evil)
+    with pytest.raises(CheckpointError, match="refused: it holds a pickled"):
+        load_torch_checkpoint(evil)
+    assert not (tmp_path / "ran").exists()

@@ -14,12 +14,9 @@ Checkpoint layouts (see /work/notes/mindeye-nets.md for the full facts):
   ``backbone.*`` = ``BrainNetwork``, ``diffusion_prior.net.*`` / ``diffusion_prior.noise_scheduler.*``),
   ``optimizer_state_dict``, ``lr_scheduler``, ``train_losses``, ``test_losses``, ``lrs``.
 
-Files are read without running pickled code: :func:`mindvis.compat.safe_pickle.load_torch_checkpoint`, and for
-pickles that PyTorch's restricted unpickler cannot parse (MindEye1's: the bound method makes ``pickle`` emit a POP
-opcode, which ``torch.load(weights_only=True)`` does not implement) the same admission rules applied by a
-restricted ``find_class`` under ``torch.load(pickle_module=...)``: PyTorch's own tensor-rebuilding names, plain
-containers, and the training-state names of ``safe_pickle.TRAINING_STATE`` as inert stand-ins; any other name
-refuses the file in one line.
+Files are read without running pickled code by :func:`mindvis.compat.safe_pickle.load_torch_checkpoint`
+(MindEye1's pickles hold a POP opcode, which PyTorch's restricted unpickler lacks: safe_pickle reads those with its
+own restricted unpickler under the same admission rules).
 
 Every size is read from the tensors' shapes: voxel counts (per subject), hidden width, number of blocks, tokens
 and their width, projector widths, the prior's depth, heads (query width / ``null_kv`` width), head width, feed-
@@ -46,7 +43,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +52,7 @@ import torch
 from ..models.mindeye1 import MindEye1Config, MindEye1LowLevel, MindEye1LowLevelConfig, MindEye1Network
 from ..models.mindeye2 import MindEye2Config, MindEye2Network
 from ..models.mindeye_prior import MindEyePrior, MindEyePriorConfig, cosine_betas, mindeye2_prior_config
-from .safe_pickle import TRAINING_STATE, CheckpointError, _admitted, load_torch_checkpoint, stand_in
+from .safe_pickle import CheckpointError, load_torch_checkpoint
 
 WHAT = "MindEye checkpoint"
 
@@ -64,53 +60,9 @@ WHAT = "MindEye checkpoint"
 # --------------------------------------------------------------------------------------------- reading the file
 
 
-def _torch_safe_globals() -> dict:
-    try:
-        from torch._weights_only_unpickler import _get_allowed_globals
-        return dict(_get_allowed_globals())
-    except Exception:  # noqa: BLE001 - private in PyTorch; the essentials below suffice for state dicts
-        import collections
-        return {"collections.OrderedDict": collections.OrderedDict,
-                "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
-                "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter}
-
-
-class _RestrictedPickle:
-    """A ``pickle_module`` for ``torch.load`` whose unpickler admits only what ``load_torch_checkpoint`` admits."""
-
-    class Unpickler(pickle.Unpickler):
-        path: Path = Path("?")
-        _safe: dict = {}
-
-        def find_class(self, module, name):
-            module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
-            full = f"{module}.{name}"
-            if full in self._safe:
-                return self._safe[full]
-            if _admitted(full, TRAINING_STATE):
-                return stand_in(full)
-            raise CheckpointError(f"{self.path}: refused: it holds a pickled {full}, which would run code when "
-                                  f"unpickled (a {WHAT} holds tensors, plain data and training state only)")
-
-
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The checkpoint dict of a MindEye ``.pth`` file, with no pickled code run (see the module docstring)."""
-    path = Path(path)
-    try:
-        ckpt = load_torch_checkpoint(path, what=WHAT)
-    except CheckpointError as e:
-        if "Unsupported operand" not in str(e):
-            raise
-        unpickler = type("Unpickler", (_RestrictedPickle.Unpickler,), {"path": path, "_safe": _torch_safe_globals()})
-        module = type("restricted_pickle", (), {"Unpickler": unpickler, "load": staticmethod(
-            lambda f, **kw: unpickler(f, **kw).load()), "__name__": "restricted_pickle"})
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=module)
-        except CheckpointError:
-            raise
-        except Exception as e2:  # noqa: BLE001 - one line, file named
-            raise CheckpointError(f"{path}: truncated or not a readable {WHAT} ({type(e2).__name__}: "
-                                  f"{str(e2).splitlines()[0] if str(e2) else ''})") from None
+    ckpt = load_torch_checkpoint(path, what=WHAT)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model_state_dict"), dict):
         raise CheckpointError(f"{path}: not a {WHAT}: no model_state_dict")
     return ckpt

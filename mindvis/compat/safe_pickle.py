@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -113,11 +114,65 @@ def load_torch_checkpoint(path: str | os.PathLike, what: str = "checkpoint",
                 continue
             if name:
                 raise _refusal(path, name, what) from None
+            if "Unsupported operand" in str(e) and zipfile.is_zipfile(path):
+                return _load_zip_restricted(path, what, admit)  # e.g. POP, which torch's unpickler lacks
             detail = next((line for line in str(e).splitlines() if line.strip() and "weights_only" not in line),
                           type(e).__name__)
             raise CheckpointError(f"{path}: truncated or not a readable {what} "
                                   f"({type(e).__name__}: {detail.strip()})") from None
     raise CheckpointError(f"{path}: too many foreign objects pickled in this {what}")
+
+
+def _load_zip_restricted(path: Path, what: str, admit: tuple[str, ...]):
+    """A zip-format ``torch.save`` file read by a restricted :class:`pickle.Unpickler` (Python's "restricting
+    globals" pattern) for pickles that use opcodes torch's restricted unpickler does not implement (POP, which
+    ``pickle`` writes for self-referencing objects such as a scheduler whose bound method is in its own state).
+
+    Globals resolve to what torch's ``weights_only`` unpickler allows (tensor rebuilding, dtypes, storages, plain
+    containers) or to the stand-ins of ``admit``; any other name refuses the file. Storages are read from the
+    archive's records.
+    """
+    import io
+    import pickle
+
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    allowed = _get_allowed_globals()
+    renamed = {"__builtin__": "builtins", "copy_reg": "copyreg"}  # protocol-2 pickles name Python 2's modules
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = {name.split("/", 1)[-1]: name for name in archive.namelist()}
+            if records.get("byteorder") and archive.read(records["byteorder"]) != b"little":
+                raise CheckpointError(f"{path}: a big-endian {what}; mindvis reads little-endian files")
+            storages = {}
+
+            class Restricted(pickle.Unpickler):
+                def find_class(self, module, name):
+                    full = f"{renamed.get(module, module)}.{name}"
+                    if full in allowed:
+                        return allowed[full]
+                    if _admitted(full, admit):
+                        return stand_in(full)
+                    raise _refusal(path, full, what)
+
+                def persistent_load(self, pid):
+                    kind, storage_type, key, _location, _numel = pid
+                    if kind != "storage":
+                        raise pickle.UnpicklingError(f"unsupported persistent id {kind!r}")
+                    if key not in storages:
+                        data = archive.read(records[f"data/{key}"])
+                        raw = torch.UntypedStorage.from_buffer(data, dtype=torch.uint8) if data else torch.UntypedStorage(0)
+                        dtype = storage_type if isinstance(storage_type, torch.dtype) else storage_type.dtype
+                        storages[key] = torch.storage.TypedStorage(wrap_storage=raw, dtype=dtype, _internal=True)
+                    return storages[key]
+
+            return Restricted(io.BytesIO(archive.read(records["data.pkl"]))).load()
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one line, file named
+        raise CheckpointError(f"{path}: truncated or not a readable {what} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def inert_to_data(obj):
