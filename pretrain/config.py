@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from mindvis.data.synthetic import SyntheticWorldConfig
+from mindvis.world import SyntheticWorldConfig
 
 DATA_SOURCES = ("hcp", "god", "nsd", "synthetic", "synthetic-god")
 

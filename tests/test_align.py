@@ -114,7 +114,7 @@ def test_target_and_fmri_counts_must_agree():
 
 
 def test_nan_fmri_is_refused(tmp_path, cache_dir, tiny_world, capsys):
-    from mindvis.data.synthetic import SyntheticWorldConfig
+    from mindvis.world import SyntheticWorldConfig
 
     from .conftest import TINY_WORLD
 
@@ -136,7 +136,7 @@ def test_nan_fmri_is_refused(tmp_path, cache_dir, tiny_world, capsys):
 @pytest.fixture(scope="module")
 def embedding_prior(tmp_path_factory, tiny_world):
     """A generator conditioned on the synthetic target space, one epoch of each part on the tiny world (16 px)."""
-    from mindvis.data.synthetic import SyntheticWorldConfig
+    from mindvis.world import SyntheticWorldConfig
     from mindvis.finetune.config import PriorConfig
     from mindvis.finetune.prior import train_prior
 

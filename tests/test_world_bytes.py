@@ -45,7 +45,7 @@ def world_hashes(root: Path) -> dict[str, str]:
 
 
 def write_world(root: Path) -> Path:
-    from mindvis.data.synthetic import SyntheticWorld, SyntheticWorldConfig
+    from mindvis.world import SyntheticWorld, SyntheticWorldConfig
 
     return SyntheticWorld(SyntheticWorldConfig(**WORLD)).write(root, PARTS)
 

@@ -18,12 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..releases import BOLD5000_ROIS
 from .bdata import read_bdata
 from .fmri import (DataError, RandomVoxelZeroing, check_finite, fit_length, normalize, pad_to_patch_size,
                    read_npz)
 from .god import load_god_subject
-
-BOLD5000_ROIS = ("EarlyVis", "LOC", "OPA", "PPA", "RSC")
 
 
 @dataclass

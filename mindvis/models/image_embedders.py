@@ -128,7 +128,7 @@ def images_digest(images: np.ndarray) -> str:
 def cached_embeddings(embedder: ImageEmbedder, images: np.ndarray, cache_dir: str | os.PathLike | None,
                       model_key: str = "") -> np.ndarray:
     """``embedder(images)``, read from / written to the cache (key: space, ``model_key``, image digest)."""
-    from ..data.synthetic import default_cache_dir
+    from ..utils.cache import default_cache_dir
     from ..utils.io import atomic_write
 
     key = hashlib.sha1(f"{embedder.name}|{model_key}|{images_digest(images)}".encode()).hexdigest()[:16]
