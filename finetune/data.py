@@ -14,8 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from mindvis.data.fmri import DataError, padded_length
 from mindvis.data.nsd import nsd_pairs, nsd_world_settings
-from mindvis.data.pairs import (TRIAL_MARK, PairedSplit, bold5000_pairs, concat_splits, god_pairs, god_pairs_bdata,
-                                group_split)
+from mindvis.data.bold5000 import bold5000_pairs
+from mindvis.data.god import god_pairs
+from mindvis.data.god_bdata import god_pairs_bdata
+from mindvis.data.pairs import TRIAL_MARK, PairedSplit, concat_splits, group_split
 from mindvis.world import SyntheticWorldConfig, ensure_world
 
 from .config import DATASETS, MEEG_DATASETS, DataConfig

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mindvis.align.engine import load_decoder, train_subjects
-from mindvis.data.pairs import god_pairs
+from mindvis.data.god import god_pairs
 from mindvis.world import SyntheticWorld, SyntheticWorldConfig
 from mindvis.evaluation.retrieval import cosine_similarity, top_k
 from mindvis.models.brain_decoders import SharedMLP, SharedMLPConfig
