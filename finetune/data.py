@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from mindvis.data.fmri import DataError, padded_length
-from mindvis.data.nsd import nsd_pairs, nsd_world_settings
 from mindvis.data.bold5000 import bold5000_pairs
+from mindvis.data.fmri import DataError, padded_length
 from mindvis.data.god import god_pairs
 from mindvis.data.god_bdata import god_pairs_bdata
+from mindvis.data.nsd import nsd_pairs, nsd_world_settings
 from mindvis.data.pairs import TRIAL_MARK, PairedSplit, concat_splits, group_split
 from mindvis.world import SyntheticWorldConfig, ensure_world
 

@@ -25,8 +25,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from mindvis.align.engine import (validation_scores, align, averaging_curve, decode, embed_images, score_split,
-                                  split_test_trials, train_subjects)
+from mindvis.align.data import embed_images, split_test_trials
+from mindvis.align.decoders import decode
+from mindvis.align.engine import align
+from mindvis.align.scoring import averaging_curve, score_split
+from mindvis.align.training import train_subjects, validation_scores
 from mindvis.config import ConfigError, check_settings, save_config
 from mindvis.data.fmri import DataError
 from mindvis.finetune.data import build_stage_b_data

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mindvis.data.fmri import DataError
 from mindvis.data.bold5000 import bold5000_pairs, load_image_dict
+from mindvis.data.fmri import DataError
 from mindvis.data.god import god_pairs
 from mindvis.data.god_bdata import god_pairs_bdata, imagenet_name
 from mindvis.data.pairs import PairedDataset, PairedSplit, concat_splits, group_split, single_trials

@@ -115,7 +115,7 @@ def test_subjects_axis_trains_the_shared_decoder_on_more_subjects(cache_dir, tmp
         assert 0 <= c["test"]["top1"] <= 1 and c["chance"]["top1"] == report["chance_top1"]
         assert c["averaging"] and c["averaging"][0]["repetitions"] == 1
     saved = (out / "runs" / "mlp-shared-total-S2-s0" / "model")
-    from mindvis.align.engine import load_decoder
+    from mindvis.align.decoders import load_decoder
     assert set(load_decoder(saved).config.subjects) == {"sbj_1", "sbj_2"}
     assert (out / "subjects.png").is_file() and "Subjects axis" in (out / "scaling.md").read_text()
     # the world must hold the subjects; other datasets have no subjects axis

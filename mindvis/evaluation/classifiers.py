@@ -139,8 +139,8 @@ def train_synthetic_classifier(world_cfg, image_size: int, out: str | os.PathLik
     """Train the synthetic world's classifier on fresh renders of every class; write ``out``."""
     from safetensors.torch import save_file
 
-    from ..world import SyntheticWorld
     from ..utils.io import atomic_dir, atomic_write_json
+    from ..world import SyntheticWorld
 
     world = SyntheticWorld(world_cfg)
     classes = np.repeat(np.arange(world.n_classes), per_class)
