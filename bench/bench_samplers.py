@@ -31,7 +31,7 @@ DEFAULT_SETTINGS = ["plms:250:fp32", "ddim:50:fp32", "dpm++:25:fp32", "dpm++:10:
 
 
 def main() -> None:
-    from mindvis.data.synthetic import SyntheticWorldConfig
+    from mindvis.world import SyntheticWorldConfig
     from mindvis.evaluation import evaluate
     from mindvis.evaluation.classifiers import load_classifier
     from mindvis.pipelines import MindVisPipeline

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mindvis.data.fmri import DataError, check_finite
-from mindvis.data.pairs import BOLD5000_ROIS
+from mindvis.releases import BOLD5000_ROIS
 from mindvis.utils.io import atomic_write
 
 from .common import done, item_record, load_image, write_item, write_meta

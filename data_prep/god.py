@@ -17,7 +17,7 @@ import numpy as np
 
 from mindvis.data.bdata import read_bdata
 from mindvis.data.fmri import DataError
-from mindvis.data.pairs import imagenet_name, load_imagenet_images
+from mindvis.data.god_bdata import imagenet_name, load_imagenet_images
 
 from .common import done, item_record, require_file, write_item, write_meta
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from mindvis.data.fmri import DataError, check_finite, error_summary
+from mindvis.releases import SYNTHETIC_GENERATOR
 from mindvis.utils.io import atomic_write
 
 from .common import done, item_record, load_image, require_file, write_item, write_meta
@@ -291,7 +292,7 @@ def prepare_nsd(root: str | Path, subject: str, out: str | Path, sessions: str |
                          "beta_scale": BETA_SCALE}
     if synthetic.is_file():
         meta = json.loads(synthetic.read_text())
-        if meta.get("generator") == "mindvis.data.synthetic":
+        if meta.get("generator") == SYNTHETIC_GENERATOR:
             settings["synthetic_world"] = meta["config"]
     write_meta(out, "nsd", {"root": str(root)}, items, settings)
     shutil.rmtree(out / "sessions")  # betas.npy holds them now; a rerun with these settings returns early

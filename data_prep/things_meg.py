@@ -30,6 +30,7 @@ import numpy as np
 
 from mindvis.data.fmri import DataError
 from mindvis.data.meeg import robust_scale, sensor_layout
+from mindvis.releases import SYNTHETIC_GENERATOR
 from mindvis.utils.io import atomic_write
 
 from .common import done, item_record, write_item, write_meta
@@ -226,7 +227,7 @@ def _assemble(root: Path, subject: str, runs: list[Path], parts: Path, out: Path
              "raw_sfreq": records[0]["raw_sfreq"], "robust_median": median.tolist(), "robust_iqr": iqr.tolist()}
     source = root / "meta.json"  # a synthetic release records its world (for the world's embedding space)
     release = json.loads(source.read_text()) if source.is_file() else {}
-    if release.get("generator") == "mindvis.data.synthetic":
+    if release.get("generator") == SYNTHETIC_GENERATOR:
         extra["synthetic_world"] = release["config"]
     write_meta(out, "things-meg", {"root": str(root), "runs": [r.name for r in runs]}, {subject: {"trials": len(x)}},
                {**asdict(s), "subject": subject}, extra)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List
 
-from mindvis.data.synthetic import SyntheticWorldConfig
+from mindvis.world import SyntheticWorldConfig
 
 DATASETS = ("god", "bold5000", "god+bold5000", "nsd", "synthetic")
 MEEG_DATASETS = ("things-meg", "things-eeg2")  # mindvis-align only: trials x sensors x times

@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from mindvis.data.bold5000 import bold5000_pairs
 from mindvis.data.fmri import DataError, padded_length
-from mindvis.data.nsd import nsd_pairs, synthetic_world_of
-from mindvis.data.pairs import (TRIAL_MARK, PairedSplit, bold5000_pairs, concat_splits, god_pairs, god_pairs_bdata,
-                                group_split)
-from mindvis.data.synthetic import ensure_world
+from mindvis.data.god import god_pairs
+from mindvis.data.god_bdata import god_pairs_bdata
+from mindvis.data.nsd import nsd_pairs, nsd_world_settings
+from mindvis.data.pairs import TRIAL_MARK, PairedSplit, concat_splits, group_split
+from mindvis.world import SyntheticWorldConfig, ensure_world
 
 from .config import DATASETS, MEEG_DATASETS, DataConfig
 
@@ -52,12 +54,17 @@ def synthetic_world(cfg: DataConfig):
     if cfg.dataset == "synthetic":
         return OmegaConf.to_object(cfg.synthetic) if isinstance(cfg.synthetic, DictConfig) else cfg.synthetic
     if cfg.dataset == "nsd" and cfg.path:
-        return synthetic_world_of(cfg.path)
+        return _world_config(nsd_world_settings(cfg.path))
     if cfg.dataset in MEEG_DATASETS and cfg.path:
-        from mindvis.data.meeg import meeg_synthetic_world
+        from mindvis.data.meeg import meeg_world_settings
 
-        return meeg_synthetic_world(cfg.path)
+        return _world_config(meeg_world_settings(cfg.path))
     return None
+
+
+def _world_config(settings: dict | None) -> SyntheticWorldConfig | None:
+    """The world of the settings a prepared folder records; None for real data (no settings)."""
+    return SyntheticWorldConfig(**settings) if settings else None
 
 
 def build_stage_b_data(cfg: DataConfig, patch_size: int, seed: int) -> StageBData:

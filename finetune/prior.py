@@ -27,11 +27,12 @@ from tqdm.auto import tqdm
 
 from mindvis.config import ConfigError, build_config, save_config
 from mindvis.data.fmri import DataError
-from mindvis.data.synthetic import SyntheticWorld, SyntheticWorldConfig, default_cache_dir
 from mindvis.models.image_embedders import EmbedderUnavailable
 from mindvis.models.priors import LDM_SCHEDULE
+from mindvis.utils.cache import default_cache_dir
 from mindvis.utils.io import atomic_dir, atomic_write_json
 from mindvis.utils.plots import plot_loss_curves
+from mindvis.world import SyntheticWorld, SyntheticWorldConfig
 
 from .config import PriorConfig
 

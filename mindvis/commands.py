@@ -10,8 +10,8 @@ from .config import ConfigError, build_config, to_object
 
 def synth_main(argv=None) -> int:
     """Write the synthetic brain world (HCP, GOD, BOLD5000, NSD, THINGS-MEG and THINGS-EEG2 layouts) into a folder."""
-    from .data.synthetic import (DEVICE_PRESETS, WORLD_PRESETS, SyntheticWorld, SyntheticWorldConfig,
-                                 describe_devices, device_overrides)
+    from .world import (DEVICE_PRESETS, WORLD_PRESETS, SyntheticWorld, SyntheticWorldConfig, describe_devices,
+                        device_overrides)
 
     p = argparse.ArgumentParser(
         prog="mindvis-synth", description=synth_main.__doc__,

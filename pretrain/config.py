@@ -1,27 +1,23 @@
 """Settings of stage A (SC-MBM pretraining and stage-A2 tuning). Defaults are the paper's."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import List, Optional
 
-from mindvis.data.synthetic import SyntheticWorldConfig
+from mindvis.models.sc_mbm import MBMConfig
+from mindvis.world import SyntheticWorldConfig
 
 DATA_SOURCES = ("hcp", "god", "nsd", "synthetic", "synthetic-god")
 
-
-@dataclass
-class ModelConfig:
-    """SC-MBM architecture (the voxel count comes from the data). Defaults: the paper's model."""
-
-    patch_size: int = 16
-    embed_dim: int = 1024
-    depth: int = 24
-    num_heads: int = 16
-    decoder_embed_dim: int = 512
-    decoder_depth: int = 8
-    decoder_num_heads: int = 16
-    mlp_ratio: float = 1.0
-    mask_ratio: float = 0.75
+#: SC-MBM architecture (the voxel count comes from the data) and the masking ratio of training. Defaults: the paper's
+#: model. The architecture's fields, their types and defaults are :class:`MBMConfig`'s (one source of truth), in its
+#: order, then ``mask_ratio``; so the YAML presets' and ``model.*`` overrides' keys are those of MBMConfig.
+ModelConfig = make_dataclass(
+    "ModelConfig",
+    [(f.name, f.type, field(default=f.default)) for f in fields(MBMConfig) if f.name != "num_voxels"]
+    + [("mask_ratio", "float", field(default=0.75))],
+    namespace={"__module__": __name__,
+               "__doc__": "SC-MBM architecture (the voxel count comes from the data). Defaults: the paper's model."})
 
 
 @dataclass

@@ -13,7 +13,7 @@ from mindvis.data.fmri import DataError, RandomVoxelZeroing, padded_length
 from mindvis.data.god import GOD_SUBJECTS, god_fmri
 from mindvis.data.hcp import prepared_hcp
 from mindvis.data.nsd import nsd_fmri
-from mindvis.data.synthetic import ensure_world
+from mindvis.world import ensure_world
 
 from .config import DATA_SOURCES, DataConfig
 

@@ -8,9 +8,9 @@ import sys
 from mindvis.config import ConfigError, build_config
 from mindvis.configs import preset_names, preset_path
 from mindvis.data.fmri import DataError
-from mindvis.data.synthetic import DEVICE_PRESETS, WORLD_PRESETS, describe_devices, device_overrides
 from mindvis.finetune.config import DATASETS, MEEG_DATASETS
 from mindvis.models.image_embedders import EmbedderUnavailable
+from mindvis.world import DEVICE_PRESETS, WORLD_PRESETS, describe_devices, device_overrides
 
 from .config import ARMS, ScalingConfig
 from .engine import scaling

@@ -36,7 +36,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_world(cache_dir):
-    from mindvis.data.synthetic import SyntheticWorld, SyntheticWorldConfig
+    from mindvis.world import SyntheticWorld, SyntheticWorldConfig
 
     cfg = SyntheticWorldConfig(**TINY_WORLD)
     root = cache_dir / "synthetic" / cfg.fingerprint()
@@ -52,7 +52,7 @@ TINY_FINETUNE = ["model.encoder=random", "train.batch_size=4", "train.grid_sampl
 @pytest.fixture(scope="session")
 def tiny_prior(tmp_path_factory, tiny_world):
     """A prior trained for one epoch of each part on the tiny world at 16 px (seconds)."""
-    from mindvis.data.synthetic import SyntheticWorldConfig
+    from mindvis.world import SyntheticWorldConfig
     from mindvis.finetune.config import PriorConfig
     from mindvis.finetune.prior import train_prior
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mindvis.align.cli import main
-from mindvis.align.engine import decode, load_decoder
+from mindvis.align.decoders import decode, load_decoder
 
 from .conftest import FIXTURES, world_overrides
 
@@ -39,7 +39,7 @@ def test_align_runs_end_to_end_and_reloads(decoder, tmp_path, cache_dir, tiny_wo
     from mindvis.finetune.data import build_stage_b_data
     from mindvis.config import build_config
     from mindvis.align.config import AlignConfig
-    from mindvis.align.engine import split_test_trials
+    from mindvis.align.data import split_test_trials
 
     cfg = build_config(AlignConfig, run_dir / "config.yaml")
     avg, trials = split_test_trials(build_stage_b_data(cfg.data, 16, cfg.train.seed).test)
@@ -114,7 +114,7 @@ def test_target_and_fmri_counts_must_agree():
 
 
 def test_nan_fmri_is_refused(tmp_path, cache_dir, tiny_world, capsys):
-    from mindvis.data.synthetic import SyntheticWorldConfig
+    from mindvis.world import SyntheticWorldConfig
 
     from .conftest import TINY_WORLD
 
@@ -136,7 +136,7 @@ def test_nan_fmri_is_refused(tmp_path, cache_dir, tiny_world, capsys):
 @pytest.fixture(scope="module")
 def embedding_prior(tmp_path_factory, tiny_world):
     """A generator conditioned on the synthetic target space, one epoch of each part on the tiny world (16 px)."""
-    from mindvis.data.synthetic import SyntheticWorldConfig
+    from mindvis.world import SyntheticWorldConfig
     from mindvis.finetune.config import PriorConfig
     from mindvis.finetune.prior import train_prior
 

@@ -13,6 +13,20 @@ def test_defaults_are_the_papers():
     assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.clip_grad, cfg.train.batch_size) == (2.5e-4, 0.05, 0.8, 100)
 
 
+def test_model_section_is_mbm_config_without_the_voxel_count():
+    from dataclasses import asdict, fields
+
+    from mindvis.models.sc_mbm import MBMConfig
+    from mindvis.pretrain.config import ModelConfig
+
+    assert [f.name for f in fields(ModelConfig)] == ["patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
+                                                     "decoder_depth", "decoder_num_heads", "mlp_ratio", "mask_ratio"]
+    arch = {k: v for k, v in asdict(ModelConfig()).items() if k != "mask_ratio"}
+    assert arch == {k: v for k, v in asdict(MBMConfig()).items() if k != "num_voxels"}
+    with pytest.raises(ConfigError, match="num_voxels"):  # the data gives it
+        build_config(PretrainConfig, overrides=["model.num_voxels=4096"])
+
+
 def test_unknown_keys_and_wrong_types_are_errors(tmp_path):
     with pytest.raises(ConfigError, match="train.batchsize"):
         build_config(PretrainConfig, overrides=["train.batchsize=3"])

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mindvis.data.bold5000 import bold5000_pairs
 from mindvis.data.fmri import DataError
+from mindvis.data.god import god_pairs
+from mindvis.data.god_bdata import imagenet_name
 from mindvis.data.hcp import load_hcp_rois, prepared_hcp
-from mindvis.data.pairs import bold5000_pairs, god_pairs, imagenet_name
 from mindvis.data_prep.cli import main as prep_main
 from mindvis.data_prep.god import prepare_god
 from mindvis.data_prep.hcp import prepare_hcp

@@ -9,10 +9,10 @@ import pytest
 
 from mindvis.data.fmri import DataError
 from mindvis.data.meeg import eeg2_pairs, load_pickled_npy, sensor_layout, things_meg_pairs
-from mindvis.data.synthetic import SyntheticWorld, SyntheticWorldConfig
 from mindvis.data_prep.cli import main as prep_main
 from mindvis.data_prep.things_meg import MEGSettings, prepare_things_meg
 from mindvis.pipelines.stream import WindowStream, offline_windows
+from mindvis.world import SyntheticWorld, SyntheticWorldConfig
 
 from .conftest import TINY_WORLD
 

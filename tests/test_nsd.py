@@ -7,8 +7,8 @@ import pytest
 
 from mindvis.data.fmri import DataError
 from mindvis.data.nsd import load_nsd, nsd_fmri, nsd_pairs
-from mindvis.data.synthetic import SyntheticWorld, SyntheticWorldConfig
 from mindvis.data_prep import nsd as prep
+from mindvis.world import SyntheticWorld, SyntheticWorldConfig
 
 from .conftest import TINY_FINETUNE, TINY_WORLD
 

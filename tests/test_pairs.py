@@ -7,9 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
+from mindvis.data.bold5000 import bold5000_pairs, load_image_dict
 from mindvis.data.fmri import DataError
-from mindvis.data.pairs import (PairedDataset, PairedSplit, bold5000_pairs, concat_splits, god_pairs,
-                                god_pairs_bdata, group_split, imagenet_name, load_image_dict, single_trials)
+from mindvis.data.god import god_pairs
+from mindvis.data.god_bdata import god_pairs_bdata, imagenet_name
+from mindvis.data.pairs import PairedDataset, PairedSplit, concat_splits, group_split, single_trials
 
 from .conftest import TINY_WORLD
 

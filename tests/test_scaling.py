@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from mindvis.scaling import engine
+from mindvis.scaling.analysis import analyse, fit_log_linear
 from mindvis.scaling.cli import main
 
 from .conftest import TINY_WORLD
@@ -21,11 +22,11 @@ def tiny_args(cache_dir, out, *extra):
 def test_log_linear_fit_and_bootstrap_interval():
     n = np.array([10, 100, 1000] * 3, dtype=float)
     seeds = np.repeat([0, 1, 2], 3)
-    fit = engine.fit_log_linear(n, 0.1 + 0.2 * np.log10(n), seeds, 100, np.random.default_rng(0))
+    fit = fit_log_linear(n, 0.1 + 0.2 * np.log10(n), seeds, 100, np.random.default_rng(0))
     assert fit["slope"] == pytest.approx(0.2) and fit["intercept"] == pytest.approx(0.1)
     assert fit["r2"] == pytest.approx(1.0) and fit["slope_ci"] == pytest.approx([0.2, 0.2])
     noisy = 0.1 + 0.2 * np.log10(n) + np.array([0.05, -0.05, 0.0, -0.05, 0.05, 0.0, 0.0, 0.02, -0.02])
-    fit = engine.fit_log_linear(n, noisy, seeds, 500, np.random.default_rng(0))
+    fit = fit_log_linear(n, noisy, seeds, 500, np.random.default_rng(0))
     assert fit["r2"] < 1 and fit["slope_ci"][0] < fit["slope"] < fit["slope_ci"][1]
 
 
@@ -35,7 +36,7 @@ def test_gaps_are_paired_by_seed():
                 "test": {"top1": top1, "top5": 0, "median_rank": 0, "correlation": 0},
                 "chance": {"top1": 0.02, "top5": 0.1, "median_rank": 0.5, "correlation": 0}}
 
-    a = engine.analyse([cell("ridge", 0, 0.3), cell("ridge", 1, 0.5), cell("mlp", 0, 0.4), cell("mlp", 1, 0.5)], 0)
+    a = analyse([cell("ridge", 0, 0.3), cell("ridge", 1, 0.5), cell("mlp", 0, 0.4), cell("mlp", 1, 0.5)], 0)
     (gap,) = a["gaps"]["mlp - ridge"]
     assert gap["top1_gap"] == pytest.approx(0.05) and gap["std"] == pytest.approx(0.05) and gap["seeds"] == 2
     assert a["arms"]["ridge"]["curve"][0]["top1"] == {"mean": 0.4, "std": pytest.approx(0.1), "chance": 0.02}
@@ -115,7 +116,7 @@ def test_subjects_axis_trains_the_shared_decoder_on_more_subjects(cache_dir, tmp
         assert 0 <= c["test"]["top1"] <= 1 and c["chance"]["top1"] == report["chance_top1"]
         assert c["averaging"] and c["averaging"][0]["repetitions"] == 1
     saved = (out / "runs" / "mlp-shared-total-S2-s0" / "model")
-    from mindvis.align.engine import load_decoder
+    from mindvis.align.decoders import load_decoder
     assert set(load_decoder(saved).config.subjects) == {"sbj_1", "sbj_2"}
     assert (out / "subjects.png").is_file() and "Subjects axis" in (out / "scaling.md").read_text()
     # the world must hold the subjects; other datasets have no subjects axis

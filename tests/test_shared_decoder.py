@@ -3,11 +3,12 @@ subject added by fitting only its adapter."""
 import pytest
 import torch
 
-from mindvis.align.engine import load_decoder, train_subjects
-from mindvis.data.pairs import god_pairs
-from mindvis.data.synthetic import SyntheticWorld, SyntheticWorldConfig
+from mindvis.align.decoders import load_decoder
+from mindvis.align.training import train_subjects
+from mindvis.data.god import god_pairs
 from mindvis.evaluation.retrieval import cosine_similarity, top_k
 from mindvis.models.brain_decoders import SharedMLP, SharedMLPConfig
+from mindvis.world import SyntheticWorld, SyntheticWorldConfig
 
 from .conftest import TINY_WORLD
 

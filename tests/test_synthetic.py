@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from mindvis.commands import synth_main
-from mindvis.data.synthetic import (HCP_AREAS, SyntheticWorld, SyntheticWorldConfig, make_brain)
+from mindvis.world import SyntheticWorld, SyntheticWorldConfig
+from mindvis.world.brain import HCP_AREAS, make_brain
 
 from .conftest import TINY_WORLD
 

@@ -1,1 +1,2 @@
-"""Datasets: fMRI preprocessing, the HCP/GOD loaders and the synthetic world."""
+"""Datasets: fMRI preprocessing and the readers of the releases (the synthetic world that writes them is
+:mod:`mindvis.world`)."""

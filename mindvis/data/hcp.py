@@ -79,7 +79,7 @@ def prepared_hcp(root: str | os.PathLike, roi: str = "VC", window_frames: int = 
     A cache entry is keyed by the source file (path, size, mtime) and the settings; it is written
     atomically, so an interrupted preparation is simply resumed.
     """
-    from .synthetic import default_cache_dir
+    from ..utils.cache import default_cache_dir
 
     root = Path(root)
     cache = Path(cache_dir or default_cache_dir()) / "prepared" / "hcp"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..releases import SYNTHETIC_GENERATOR, standard_1020_positions
 from .fmri import DataError, check_finite
 from .pairs import TRIAL_MARK, PairedSplit
 
@@ -30,14 +31,6 @@ class MEEGData:
     layout: np.ndarray  # (C, 2) sensor positions on the plane
     times: np.ndarray  # (T,) seconds from image onset
     description: str
-
-
-def standard_1020_positions() -> dict[str, np.ndarray]:
-    """Channel name -> 3-D position (m) of MNE's standard 10-20 montage (named colin27_1020 from MNE 1.13)."""
-    import mne
-
-    name = "colin27_1020" if "colin27_1020" in mne.channels.get_builtin_montages() else "standard_1020"
-    return mne.channels.make_standard_montage(name).get_positions()["ch_pos"]
 
 
 def sensor_layout(positions: np.ndarray) -> np.ndarray:
@@ -244,13 +237,12 @@ def eeg2_pairs(root: str | Path, subject: int | str = 1, image_size: int = 256, 
     return MEEGData(train, _with_trials(avg, singles), ch, layout, t, desc)
 
 
-def meeg_synthetic_world(path: str | Path):
-    """The SyntheticWorldConfig a THINGS-MEG preparation or THINGS-EEG2 folder came from, or None for real data."""
-    from .synthetic import SyntheticWorldConfig
-
+def meeg_world_settings(path: str | Path) -> dict | None:
+    """The settings (:class:`mindvis.world.SyntheticWorldConfig` fields) of the synthetic world a THINGS-MEG
+    preparation or THINGS-EEG2 folder came from, or None for real data."""
     meta = Path(path) / "meta.json"
     if not meta.is_file():
         return None
     m = json.loads(meta.read_text())
-    world = m.get("config") if m.get("generator") == "mindvis.data.synthetic" else m.get("synthetic_world")
-    return SyntheticWorldConfig(**world) if world else None
+    world = m.get("config") if m.get("generator") == SYNTHETIC_GENERATOR else m.get("synthetic_world")
+    return world if world else None

@@ -116,12 +116,11 @@ def nsd_fmri(folder: str | Path, patch_size: int = 16, pad_mode: str = "exact", 
     return pad_to_patch_size(np.concatenate(parts), patch_size, pad_mode)
 
 
-def synthetic_world_of(folder: str | Path):
-    """The :class:`SyntheticWorldConfig` a prepared NSD folder came from, or None for real data."""
-    from .synthetic import SyntheticWorldConfig
-
+def nsd_world_settings(folder: str | Path) -> dict | None:
+    """The settings (:class:`mindvis.world.SyntheticWorldConfig` fields) of the synthetic world a prepared NSD folder
+    came from, or None for real data."""
     world = load_nsd_meta(folder)["settings"].get("synthetic_world")
-    return SyntheticWorldConfig(**world) if world else None
+    return world if world else None
 
 
 def load_nsd_meta(folder: str | Path) -> dict:

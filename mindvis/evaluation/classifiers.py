@@ -139,8 +139,8 @@ def train_synthetic_classifier(world_cfg, image_size: int, out: str | os.PathLik
     """Train the synthetic world's classifier on fresh renders of every class; write ``out``."""
     from safetensors.torch import save_file
 
-    from ..data.synthetic import SyntheticWorld
     from ..utils.io import atomic_dir, atomic_write_json
+    from ..world import SyntheticWorld
 
     world = SyntheticWorld(world_cfg)
     classes = np.repeat(np.arange(world.n_classes), per_class)
@@ -179,7 +179,7 @@ def synthetic_classifier(world_cfg, image_size: int, cache_dir=None) -> ImageCla
     """The cached classifier of this world at this image size (trained on first use)."""
     from safetensors.torch import load_file
 
-    from ..data.synthetic import default_cache_dir
+    from ..utils.cache import default_cache_dir
 
     key = hashlib.sha1(json.dumps({"world": world_cfg.image_settings(), "size": image_size}, sort_keys=True).encode())
     folder = Path(cache_dir or default_cache_dir()) / "classifiers" / f"synthetic-{key.hexdigest()[:12]}"

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         return 2
     from ..config import ConfigError, build_config
     from ..data.fmri import DataError, read_npz
-    from ..data.synthetic import SyntheticWorldConfig
+    from ..world import SyntheticWorldConfig
 
     try:
         arrays = read_npz(path, ["samples"], optional=["ground_truth", "meta"])

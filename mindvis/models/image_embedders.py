@@ -320,7 +320,7 @@ def cached_embeddings(embedder: ImageEmbedder, images: np.ndarray, cache_dir: st
     Stored in ``embedder.storage_dtype`` (float16 for token spaces), written batch by batch into a memory-mapped
     .npy, so a large image set never holds float32 tokens in memory. Returns float32, or with ``mmap`` the stored
     array memory-mapped read-only (token spaces: float16; convert per batch)."""
-    from ..data.synthetic import default_cache_dir
+    from ..utils.cache import default_cache_dir
     from ..utils.io import atomic_write
 
     key = hashlib.sha1(f"{embedder.name}|{model_key}|{images_digest(images)}".encode()).hexdigest()[:16]

@@ -68,7 +68,7 @@ def _converted_compvis(folder: Path, cache_dir) -> Path:
     """Convert once into ``<cache>/priors/<key>/`` (unet/, vae/, scheduler/), keyed by the source files."""
     from diffusers import DDPMScheduler
 
-    from ..data.synthetic import default_cache_dir
+    from ..utils.cache import default_cache_dir
     from ..utils.io import atomic_dir
 
     key = hashlib.sha1()

@@ -115,7 +115,7 @@ def _truth_images(split, image_size: int) -> np.ndarray:
 def align_split(run: Path, split: str, patch_size: int):
     """The ``split`` pairs of a mindvis-align run (``test``: the repetition averages), and its synthetic world."""
     from ..align.config import AlignConfig
-    from ..align.engine import split_test_trials
+    from ..align.data import split_test_trials
     from ..config import build_config
     from ..data.pairs import single_trials
     from ..finetune.data import build_stage_b_data
@@ -133,7 +133,7 @@ def align_split(run: Path, split: str, patch_size: int):
 
 def _from_align_run(args):
     """Decode fMRI with a mindvis-align run's decoder, then draw images from the embedding generator."""
-    from ..align.engine import decode, load_decoder
+    from ..align.decoders import decode, load_decoder
     from .embedding_pipeline import EmbeddingToImagePipeline
 
     run = Path(args.model)

@@ -86,7 +86,7 @@ def load_stream_model(run: str | Path):
     """(decoder, prepared folder's meta, test ids, test target embeddings) of a mindvis-align run on things-meg."""
     from omegaconf import OmegaConf
 
-    from mindvis.align.engine import load_decoder
+    from mindvis.align.decoders import load_decoder
 
     run = Path(run)
     if not (run / "config.yaml").is_file():
@@ -123,7 +123,7 @@ def _run(args) -> int:
     import mne
     import torch
 
-    from mindvis.align.engine import decode
+    from mindvis.align.decoders import decode
     from mindvis.evaluation.retrieval import cosine_similarity
 
     model, meta, ids, target = load_stream_model(args.model)

@@ -1,1 +1,1 @@
-"""Small shared helpers: atomic writes, seeding."""
+"""Small shared helpers: atomic writes, seeding, the cache folder."""

@@ -1,6 +1,6 @@
 """Synthetic MEG and EEG from the synthetic world's visual cortex, written as THINGS-MEG and THINGS-EEG2 releases.
 
-The same images and the same encoding model as the fMRI world (:mod:`mindvis.data.synthetic`): a subject's voxel
+The same images and the same encoding model as the fMRI world (:mod:`mindvis.world`): a subject's voxel
 responses to an image, averaged over contiguous pieces of each visual area's sheet, are the amplitudes of
 ``sources_per_area`` current dipoles per area. Each area responds with its own time course after image onset, a
 gamma-shaped kernel that peaks later and lasts longer from V1 to PPA (``AREA_TIMING``: peaks near 100 ms in V1 and
@@ -29,6 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from mindvis.releases import standard_1020_positions
+
+from .brain import TASK_AREAS
 
 #: (peak latency s, time constant s) of each area's evoked response
 AREA_TIMING = {"V1": (0.10, 0.020), "V2": (0.11, 0.024), "V3": (0.12, 0.028), "V4": (0.14, 0.035),
@@ -59,8 +63,6 @@ def helmet_positions(n: int) -> np.ndarray:
 
 def eeg2_positions() -> np.ndarray:
     """(17, 3) positions (m) of THINGS-EEG2's channels in MNE's standard 10-20 montage."""
-    from .meeg import standard_1020_positions
-
     pos = standard_1020_positions()
     return np.stack([pos[c] for c in EEG2_CHANNELS])
 
@@ -132,3 +134,15 @@ def scale_to_snr(signal_var: float, snr: float) -> float:
 
 def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def meeg_sources(world, s: int, sensors: np.ndarray, rng: np.random.Generator):
+    """Subject ``s``'s dipoles for M/EEG (its visual cortex from its own stream) and their amplitudes for the
+    GOD-like training then test images: (Sources, (images, S) amplitudes, number of training images)."""
+    train_imgs, train_cls, test_imgs, test_cls = world.god_stimuli()
+    f_tr, e_tr = world.stimulus_features(train_imgs, train_cls)
+    f_te, e_te = world.stimulus_features(test_imgs, test_cls)
+    brain = world.task_brain(TASK_AREAS, world.cfg.god_voxels, 300 + s, f_tr, e_tr)
+    sources = make_sources(list(brain.areas), world.cfg.meeg_sources_per_area, sensors, rng)
+    signal = np.concatenate([brain.signal(f_tr, e_tr), brain.signal(f_te, e_te)])
+    return sources, source_amplitudes(signal, brain.area_sizes, world.cfg.meeg_sources_per_area), len(f_tr)
