@@ -145,10 +145,12 @@ def git_head(path: Path) -> str | None:
     return None
 
 
-def find_cell(cells: list[str], marker: str, where: str) -> tuple[int, str]:
-    hits = [(i, c) for i, c in enumerate(cells) if marker in c]
+def find_cell(cells: list[str], marker: str | tuple, where: str) -> tuple[int, str]:
+    """The one cell containing the marker (every marker of a tuple)."""
+    markers = (marker,) if isinstance(marker, str) else marker
+    hits = [(i, c) for i, c in enumerate(cells) if all(m in c for m in markers)]
     if len(hits) != 1:
-        raise SystemExit(f"{where}: expected one cell containing {marker!r}, found {len(hits)}")
+        raise SystemExit(f"{where}: expected one cell containing {markers!r}, found {len(hits)}")
     return hits[0]
 
 
@@ -381,7 +383,7 @@ def run(refs: dict, heads: dict, seeded, out: Path) -> dict:
 
     nb_path = refs["mindeye2"] / "src" / "final_evaluations.ipynb"
     nb = notebook_cells(nb_path)
-    markers = {"resize_and_blend": "weighted averaging to improve low-level evals",
+    markers = {"resize_and_blend": ("all_blurryrecons", "model_name_plus_suffix", "Resize((imsize,imsize))"),
                "two_way_identification": "def two_way_identification", "pixcorr": "all_images_flattened",
                "ssim": "structural_similarity", "alexnet": "AlexNet_Weights", "inception": "Inception_V3_Weights",
                "effnet": "EfficientNet_B1_Weights", "swav": "facebookresearch/swav",
