@@ -22,11 +22,16 @@ def main(argv=None) -> int:
     p.add_argument("--suite", choices=["paper", "nsd"], default="paper",
                    help="paper (default): n-way classification and pair-wise identification (eval.json/.md); nsd: "
                         "the NSD suite as MindEye/MindEye2 (PixCorr, SSIM, AlexNet(2/5), Inception, CLIP, EffNet-B, "
-                        "SwAV, retrieval) in MindEye2's Table 1 columns (nsd_eval.json/.md)")
+                        "SwAV, retrieval) in MindEye2's Table 1 columns (nsd_eval.json/.md), computed as their "
+                        "published code computes them (plain bilinear resizes, EffNet-B1 IMAGENET1K_V2 weights)")
     p.add_argument("--nsd-weights", nargs="+", metavar="NET=FILE", default=[],
                    help="--suite nsd: local weights: alexnet=, inception=, effnet= (torchvision state dicts; default: "
-                        "torch's cache), swav= (the SwAV ResNet-50 state dict), clip= (a CLIP ViT-L/14 folder; "
-                        "default: the cached hub id openai/clip-vit-large-patch14)")
+                        "torch's cache; the published EffNet-B1 weights are IMAGENET1K_V2), swav= (the SwAV ResNet-50 "
+                        "state dict), clip= (a CLIP ViT-L/14 folder; default: the cached hub id "
+                        "openai/clip-vit-large-patch14)")
+    p.add_argument("--antialias", action="store_true",
+                   help="--suite nsd: antialiased resizes (current torchvision's default) instead of the published "
+                        "plain bilinear ones; the report marks the row as not comparable to published rows")
     p.add_argument("--embeddings", metavar="FILE", help="--suite nsd: test_embeddings.npz of a mindvis-align run "
                                                         "(retrieval among 300 test items, 30 draws)")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS),
@@ -125,7 +130,7 @@ def _nsd_suite(args, path: Path, samples, truth, meta: dict) -> int:
                 raise DataError(f"{args.embeddings}: {len(embeddings['pred'])} decoded embeddings for {len(truth)} "
                                 "test images")
         networks, skipped = load_networks(weights)
-        report = nsd_suite(samples, truth, networks, skipped, embeddings, progress=tqdm)
+        report = nsd_suite(samples, truth, networks, skipped, embeddings, progress=tqdm, antialias=args.antialias)
     except (DataError, ValueError) as e:
         print(f"mindvis-eval: error: {e}", file=sys.stderr)
         return 2

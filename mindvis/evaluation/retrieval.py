@@ -67,6 +67,49 @@ def subset_retrieval(pred: torch.Tensor, target: torch.Tensor, subset: int = 300
             "image_to_brain": (float(np.mean(bwd)), float(np.std(bwd))), "chance": min(1.0, k / size)}
 
 
+#: MindEye2's retrieval: ``draws`` draws of ``subset`` items, numpy's legacy global generator seeded with ``seed``
+PUBLISHED_SUBSET, PUBLISHED_DRAWS, PUBLISHED_SEED = 300, 30, 42
+Z95 = 1.959963984540054  # scipy.stats.norm.interval(0.95): mean +- Z95 * scale
+
+
+def published_retrieval(pred: torch.Tensor, target: torch.Tensor, subset: int = PUBLISHED_SUBSET,
+                        draws: int = PUBLISHED_DRAWS, seed: int = PUBLISHED_SEED) -> dict:
+    """MindEye2's image and brain retrieval (``final_evaluations.ipynb``; MindEye1's Retrievals is the same per
+    draw), as its code computes them and labelled as the papers label them.
+
+    Each draw takes ``subset`` distinct items with ``numpy.random.RandomState(seed).choice(n, subset,
+    replace=False)`` (draws in sequence from one generator: the notebook's ``np.random.seed(42)`` then
+    ``np.random.choice``), and the cosine similarity of the flattened embeddings. **Image retrieval** (the code's
+    "fwd", printed under "Given Brain embedding, find correct Image embedding") is, as computed, for each image the
+    fraction whose most similar decoded (brain) embedding is its own; **brain retrieval** ("bwd") is for each
+    decoded embedding whether its own image is the most similar. Top-1, ties counted against (the code's argsort
+    leaves them unspecified). Reported: mean over draws, population std over draws, ``sem`` = std / sqrt(draws) and
+    the 95 % interval mean +- 1.96 sem, as the notebook prints them; ``per_draw`` values."""
+    if pred.shape != target.shape:
+        raise ValueError(f"decoded embeddings {tuple(pred.shape)} and targets {tuple(target.shape)} differ in shape")
+    n = len(pred)
+    size = min(subset, n)
+    rng = np.random.RandomState(seed)
+    pred, target = pred.reshape(n, -1), target.reshape(n, -1)
+    image, brain = [], []
+    for _ in range(draws):
+        idx = torch.from_numpy(rng.choice(np.arange(n), size=size, replace=False))
+        sim = cosine_similarity(pred[idx], target[idx])  # row i: decoded i against every image
+        image.append(top_k(sim.T, 1))
+        brain.append(top_k(sim, 1))
+    out = {}
+    for name, values, how in (("image_retrieval", image, "for each image, its own decoded embedding is the most "
+                                                          "similar (the code's fwd)"),
+                              ("brain_retrieval", brain, "for each decoded embedding, its own image is the most "
+                                                         "similar (the code's bwd)")):
+        mean, std = float(np.mean(values)), float(np.std(values))
+        sem = std / np.sqrt(draws)
+        out[name] = {"mean": mean, "std": std, "sem": sem, "ci95": [mean - Z95 * sem, mean + Z95 * sem],
+                     "per_draw": values, "chance": 1 / size, "subset": size, "draws": draws, "seed": seed,
+                     "computed_as": how}
+    return out
+
+
 def embedding_correlation(pred: torch.Tensor, target: torch.Tensor) -> float:
     """Mean over dimensions of the Pearson r across items."""
     p, t = pred.double(), target.double()
