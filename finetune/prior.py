@@ -30,6 +30,7 @@ from mindvis.data.fmri import DataError
 from mindvis.models.image_embedders import EmbedderUnavailable
 from mindvis.models.priors import LDM_SCHEDULE
 from mindvis.utils.cache import default_cache_dir
+from mindvis.utils.cli import PlainHelpFormatter, check_output_folder
 from mindvis.utils.io import atomic_dir, atomic_write_json
 from mindvis.utils.plots import plot_loss_curves
 from mindvis.world import SyntheticWorld, SyntheticWorldConfig
@@ -241,21 +242,24 @@ def main(argv=None) -> int:
         prog="mindvis-train-prior", description="Train a small latent diffusion prior (VQ-f4 autoencoder + "
         "class-conditional UNet) on the synthetic world or an image folder (one subfolder per class).",
         epilog="overrides: PriorConfig fields as key=value, e.g. image_size=64 ldm_epochs=50 synthetic.seed=1",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=PlainHelpFormatter)
     p.add_argument("--images", default="synthetic", help="'synthetic' or an image folder (default: synthetic)")
     p.add_argument("--condition", choices=["class", "embedding"], default="class",
                    help="class (the label2img-like prior stage B fine-tunes; default) or embedding (a generator for "
                         "embeddings decoded by mindvis-align)")
     p.add_argument("--target", default="synthetic", metavar="SPACE",
                    help="--condition embedding: the embedding space (as mindvis-align --target; default synthetic)")
-    p.add_argument("--out", required=True, metavar="DIR", help="prior folder to write")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--out", required=True, metavar="DIR", help="prior folder to write: new or empty (see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing prior folder (once the new one is complete)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="PriorConfig settings (see below)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     log.propagate = True
     try:
         cfg = OmegaConf.to_object(build_config(PriorConfig, overrides=[
             f"images={args.images}", f"condition={args.condition}", f"target={args.target}", *args.overrides]))
+        check_output_folder(args.out, args.overwrite)
         train_prior(cfg, args.out)
     except (ConfigError, DataError, EmbedderUnavailable) as e:
         print(f"mindvis-train-prior: error: {e}", file=sys.stderr)

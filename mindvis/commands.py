@@ -6,6 +6,28 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, build_config, to_object
+from .utils.cli import PlainHelpFormatter, check_output_file, check_output_folder
+
+#: folder of each part of the synthetic world under ``mindvis-synth --out``
+WORLD_PARTS = {"hcp": "HCP", "god": "GOD", "bold5000": "BOLD5000", "nsd": "NSD", "things-meg": "THINGS-MEG",
+               "things-eeg2": "THINGS-EEG2"}
+
+
+def _stale_parts(root: Path, parts: list[str], fingerprint: str) -> list[str]:
+    """The chosen parts already under ``root`` but written with other world settings."""
+    import json
+
+    stale = []
+    for part in parts:
+        meta = root / WORLD_PARTS[part] / "meta.json"
+        if meta.is_file():
+            try:
+                made = json.loads(meta.read_text()).get("fingerprint")
+            except ValueError:
+                made = None
+            if made != fingerprint:
+                stale.append(part)
+    return stale
 
 
 def synth_main(argv=None) -> int:
@@ -16,9 +38,13 @@ def synth_main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="mindvis-synth", description=synth_main.__doc__,
         epilog="overrides: SyntheticWorldConfig fields as key=value, e.g. hcp_subjects=50 snr=0.5 god_subjects=5",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=PlainHelpFormatter)
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder to write HCP/, GOD/, BOLD5000/ (and NSD/, THINGS-MEG/, THINGS-EEG2/) into")
+                   help="folder to write HCP/, GOD/, BOLD5000/ (and NSD/, THINGS-MEG/, THINGS-EEG2/) into; parts "
+                        "already there with the same settings are kept")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write again the parts under --out that hold a world of other settings (refused otherwise), "
+                        "and write into a folder that holds something else")
     parts = ("hcp", "god", "bold5000", "nsd", "things-meg", "things-eeg2")
     p.add_argument("--parts", nargs="+", default=list(parts[:3]), metavar="{" + ",".join(parts) + "}",
                    help="which datasets to write (default: hcp god bold5000)")
@@ -38,7 +64,17 @@ def synth_main(argv=None) -> int:
     try:
         device = device_overrides(args.device, args.world)
         cfg = to_object(build_config(SyntheticWorldConfig, overrides=device + args.overrides))
-        root = SyntheticWorld(cfg).write(args.out, args.parts)
+        out = check_output_folder(args.out, args.overwrite,
+                                  reusable=lambda d: any((d / sub).is_dir() for sub in WORLD_PARTS.values()))
+        stale = _stale_parts(out, args.parts, cfg.fingerprint())
+        if stale and not args.overwrite:
+            sub = out / WORLD_PARTS[stale[0]]
+            raise ConfigError(f"{sub} holds a synthetic world made with other settings; pass --overwrite to write "
+                              f"{', '.join(WORLD_PARTS[p] for p in stale)} again with these, or choose another --out")
+        world = SyntheticWorld(cfg)
+        for part in stale:  # --overwrite: each replaced atomically, once the new one is complete
+            getattr(world, f"write_{part.replace('-', '_')}")(out / WORLD_PARTS[part])
+        root = world.write(out, args.parts)
     except (ConfigError, ValueError) as e:
         print(f"mindvis-synth: error: {e}", file=sys.stderr)
         return 2
@@ -55,7 +91,8 @@ def convert_main(argv=None) -> int:
     from .data.fmri import DataError
     from .models.sc_mbm import MaskedBrainModel
 
-    p = argparse.ArgumentParser(prog="mindvis-convert", description=convert_main.__doc__)
+    p = argparse.ArgumentParser(prog="mindvis-convert", description=convert_main.__doc__,
+                                formatter_class=PlainHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("from-original", help="original stage-A .pth -> mindvis model folder (safetensors)")
     a.add_argument("src", help="original checkpoint (.pth); read with a restricted unpickler")
@@ -87,15 +124,24 @@ def convert_main(argv=None) -> int:
     d.add_argument("dst", help="output model folder")
     d.add_argument("--which", choices=("best", "last"), default="best",
                    help="the best validation epoch's weights (best_state, default) or the last epoch's (all_models)")
+    for sp in sub.choices.values():  # every conversion writes DST: never over an existing one unasked
+        sp.formatter_class = PlainHelpFormatter
+        sp.add_argument("--overwrite", action="store_true",
+                        help="replace an existing DST (once the new one is complete); without it an existing file "
+                             "or non-empty folder is refused")
     args = p.parse_args(argv)
     try:
+        from .utils.io import atomic_dir
+
+        if getattr(args, "dst", None) is not None:
+            (check_output_file if args.cmd == "to-original" else check_output_folder)(args.dst, args.overwrite)
         if args.cmd == "from-brainmagick":
             from .compat.brainmagick import convert_brainmagick
 
-            convert_brainmagick(args.src, args.dst, args.which)
+            atomic_dir(args.dst, lambda tmp: convert_brainmagick(args.src, tmp, args.which))
         elif args.cmd == "from-original":
             model, _ = load_original_mbm(args.src)
-            model.save_pretrained(args.dst)
+            atomic_dir(args.dst, lambda tmp: model.save_pretrained(tmp))
         elif args.cmd == "to-original":
             src = Path(args.src)
             model = MaskedBrainModel.from_pretrained(src / "model" if (src / "model").is_dir() else src)

@@ -27,6 +27,9 @@ import numpy as np
 from .utils.io import atomic_write, atomic_write_json, atomic_write_text
 
 SELECT_METRIC = "pcc_identification"  # validation score of the ablation (see --help)
+#: everything a demo writes into --out (what --overwrite removes)
+DEMO_OUTPUTS = ("pretrain", "finetune", "samples", "prior_ceiling", "configs", "ablation", "loss_curve_pretrain.png",
+                "loss_curve_finetune.png", "claims.json", "REPORT.md")
 
 
 def _stage_a(out: Path, overrides: list[str]) -> dict:
@@ -193,9 +196,14 @@ def _ablation(out: Path, args, sample_args: list[str], eval_args: list[str], ima
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="mindvis-demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/demo", help="run folder of the whole chain (default: runs/demo)")
+    from .utils.cli import PlainHelpFormatter, check_output_folder
+
+    p = argparse.ArgumentParser(prog="mindvis-demo", description=__doc__, formatter_class=PlainHelpFormatter)
+    p.add_argument("--out", default="runs/demo", help="run folder of the whole chain (default: runs/demo); new or empty "
+                                                      "(see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="remove what an earlier demo left in --out before this one starts (without it a non-empty "
+                        "--out is refused)")
     p.add_argument("--ablation", action="store_true",
                    help="also run stage B from the stage-A and from a random encoder over --seeds seeds (claim 2)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per ablation arm (default 3)")
@@ -212,7 +220,20 @@ def main(argv=None) -> int:
     if args.seeds < 1:
         p.error(f"--seeds must be at least 1, got {args.seeds}")
     eval_args = shlex.split(args.eval)
-    out = Path(args.out)
+    from .data.fmri import DataError
+
+    try:
+        out = check_output_folder(args.out, args.overwrite)
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_OUTPUTS) if out.is_dir() else []
+        if args.overwrite and foreign:
+            raise DataError(f"{out} holds {', '.join(foreign[:4])}, which mindvis-demo does not write: --overwrite "
+                            "removes only an earlier demo's outputs; choose another --out")
+    except DataError as e:
+        print(f"mindvis-demo: error: {e}", file=sys.stderr)
+        return 2
+    for name in DEMO_OUTPUTS if args.overwrite else ():
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     sample_args = ["--scheduler", "dpm++", "--steps", str(args.steps), "--num-samples", str(args.num_samples)]

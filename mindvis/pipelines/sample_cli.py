@@ -14,7 +14,8 @@ import torch
 from ..compat.ldm import PriorFormatError
 from ..config import ConfigError
 from ..data.fmri import DataError, error_summary
-from ..utils.io import atomic_write, atomic_write_json
+from ..utils.cli import PlainHelpFormatter, check_output_folder, int_at_least
+from ..utils.io import atomic_dir, atomic_write, atomic_write_json
 from ..utils.plots import save_image_grid
 from .mindvis_pipeline import PRECISIONS, SCHEDULERS, MindVisPipeline
 
@@ -141,6 +142,10 @@ def _from_align_run(args):
     if folder is None:
         raise FileNotFoundError(f"{run} is not a mindvis-align run folder (no best/ or model/ decoder)")
     decoder = load_decoder(folder)
+    if not hasattr(decoder.config, "num_voxels") and not hasattr(decoder.config, "encoder"):
+        kind = "an M/EEG decoder" if type(decoder).__name__ == "BrainModule" else "not a one-subject fMRI decoder"
+        raise DataError(f"{folder} holds a {type(decoder).__name__} ({kind}); mindvis-sample --generator decodes fMRI "
+                        "(samples x voxels) with the ridge, mlp or mbm decoder of a mindvis-align run")
     pipe = EmbeddingToImagePipeline.from_pretrained(args.generator)
     n_vox = getattr(decoder.config, "num_voxels", None) or decoder.config.encoder["num_voxels"]
     world, truth, labels, datasets = None, None, None, None
@@ -194,7 +199,8 @@ def _from_dcldm(args):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mindvis-sample", description="Reconstruct images from fMRI with a trained DC-LDM "
                                 "(or a mindvis-align decoder and an embedding generator): the paper's grid (ground "
-                                "truth first, then the samples), one PNG per image, and an array file for mindvis-eval.")
+                                "truth first, then the samples), one PNG per image, and an array file for mindvis-eval.",
+                                formatter_class=PlainHelpFormatter)
     p.add_argument("--model", required=True, help="a mindvis-finetune run folder (uses best/) or a DC-LDM folder; with "
                                                   "--generator, a mindvis-align run folder")
     p.add_argument("--generator", metavar="DIR", help="an embedding-conditioned generator (mindvis-train-prior "
@@ -208,20 +214,26 @@ def main(argv=None) -> int:
     p.add_argument("--scheduler", choices=SCHEDULERS, default="unipc",
                    help="sampler (default: unipc, chosen on validation as the fastest with the quality of the paper's "
                         "PLMS 250; the paper's protocol: --scheduler plms --steps 250 --precision fp32)")
-    p.add_argument("--steps", type=int, default=8, help="denoising steps (default 8; paper: 250 PLMS)")
+    p.add_argument("--steps", type=int_at_least(1), default=8,
+                   help="denoising steps, >= 1 (default 8; paper: 250 PLMS)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="arithmetic of the conditioner and UNet (autocast): fp32, bf16, fp16, or auto (default: bf16 "
                         "where the device computes it natively, fp16 on CUDA without bf16, else fp32); the solver and "
                         "the image decoding stay fp32")
-    p.add_argument("--num-samples", type=int, default=5, help="images per fMRI (paper: 5)")
+    p.add_argument("--num-samples", type=int_at_least(1), default=5, help="images per fMRI, >= 1 (default 5; paper: 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
-    p.add_argument("--batch-size", type=int, default=16, help="images denoised at once")
-    p.add_argument("--limit", type=int, default=None, help="decode only the first N fMRI samples")
+    p.add_argument("--batch-size", type=int_at_least(1), default=16, help="images denoised at once, >= 1 (default 16)")
+    p.add_argument("--limit", type=int_at_least(1), default=None, metavar="N",
+                   help="decode only the first N fMRI samples, N >= 1 (default: all)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="device of the DC-LDM (default: cuda when available)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder: new or empty (see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the samples in an existing --out (its images/ folder is swapped once the new one is "
+                        "complete); without it a non-empty --out is refused before anything is sampled")
     args = p.parse_args(argv)
     try:
+        check_output_folder(args.out, args.overwrite)
         images, seconds, n, truth, ids, labels, datasets, world, model_dir = (
             _from_align_run(args) if args.generator else _from_dcldm(args))
         samples = (images.permute(0, 1, 3, 4, 2).numpy() * 255).round().astype(np.uint8)  # (N, K, H, W, 3)
@@ -229,17 +241,18 @@ def main(argv=None) -> int:
         print(f"mindvis-sample: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
-    rows = []
-    for i in range(n):
-        row = ([truth[i]] if truth is not None else []) + list(samples[i])
-        rows.append(np.stack(row))
-        if truth is not None:
-            Image.fromarray(truth[i]).save(out / "images" / f"{i:04d}_gt.png")
-        for k, img in enumerate(samples[i]):
-            Image.fromarray(img).save(out / "images" / f"{i:04d}_s{k}.png")
+    rows = [np.stack(([truth[i]] if truth is not None else []) + list(samples[i])) for i in range(n)]
+
+    def write_images(folder: Path) -> None:  # a complete folder replaces an earlier one (--overwrite), never mixes
+        for i in range(n):
+            if truth is not None:
+                Image.fromarray(truth[i]).save(folder / f"{i:04d}_gt.png")
+            for k, img in enumerate(samples[i]):
+                Image.fromarray(img).save(folder / f"{i:04d}_s{k}.png")
+
+    atomic_dir(out / "images", write_images)
     save_image_grid(out / "grid.png", rows)
     arrays = {"samples": samples, "ids": np.array(ids[:n])}
     if truth is not None:
@@ -251,6 +264,8 @@ def main(argv=None) -> int:
     arrays["meta"] = np.array(json.dumps(meta))
     atomic_write(out / "samples.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))
     atomic_write_json(out / "sample_config.json", meta)
+    for report in ("eval.json", "eval.md", "nsd_eval.json", "nsd_eval.md"):  # --overwrite: they scored the old samples
+        (out / report).unlink(missing_ok=True)
     print(f"{n} x {args.num_samples} samples in {seconds:.1f} s ({meta['seconds_per_image']} s/image); "
           f"grid: {out / 'grid.png'}; arrays: {out / 'samples.npz'}")
     return 0
