@@ -49,7 +49,7 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
     data = vectorised(cfg, full)
     test, trials = split_test_trials(data.test)
     log.info("data: %s", data.description)
-    if main:
+    if main and not resume:  # a resumed run keeps its config.yaml, whatever happens next
         save_config(cfg, run_dir / "config.yaml")
     gallery = gallery_images(cfg, data.train)
     emb = embed_images(cfg, {"train": data.train.images, "val": data.val.images, "test": test.images,

@@ -154,7 +154,7 @@ def finetune(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
     log.info("model: prior UNet %.1fM parameters, %s; %d trainable tensors (%.2fM parameters)",
              sum(p.numel() for p in model.unet.parameters()) / 1e6, type(model.vae).__name__, len(trainable),
              sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)
-    if main:
+    if main and not resume:  # a resumed run keeps its config.yaml, whatever happens next
         save_config(cfg, run_dir / "config.yaml")
 
     params = [p for p in model.parameters() if p.requires_grad]

@@ -34,6 +34,16 @@ def check_settings(rules) -> None:
             raise ConfigError(f"{key}={value!r} is not allowed: must be {allowed}")
 
 
+def check_unused(cfg: DictConfig, schema: type, unused: dict[str, str], prog: str, prefix: str = "") -> None:
+    """Keys of a shared schema that ``prog`` never reads (``unused``: key -> whose setting it is) must keep the
+    schema's default: one set to anything else is a ConfigError naming it, never silently ignored."""
+    defaults = OmegaConf.structured(schema)
+    for key, whose in unused.items():
+        value = OmegaConf.select(cfg, key)
+        if value != OmegaConf.select(defaults, key):
+            raise ConfigError(f"{prefix}{key}={value!r} is not used by {prog} ({whose}); remove it")
+
+
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 TRACKERS = ("none", "tensorboard", "wandb")
 
@@ -99,23 +109,63 @@ def load_saved_config(schema: type, path: str | os.PathLike) -> DictConfig:
     return build_config(schema, preset=path)
 
 
+#: settings a resumed run may change: where things are written or cached, workers, trackers; nothing that changes
+#: what is computed
+RESUME_MAY_CHANGE = ("output_dir", "data.cache_dir", "data.num_workers", "train.tracker")
+
+
+def flat_settings(cfg: DictConfig) -> dict[str, Any]:
+    """``{"a.b.c": value}`` of every leaf setting (lists are values)."""
+    out: dict[str, Any] = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+
+    walk(to_plain(cfg), "")
+    return out
+
+
+def changed_settings(before: DictConfig, after: DictConfig, free: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
+    """(key, value before, value after) of every setting that differs, except the keys (or key prefixes) ``free``."""
+    a, b = flat_settings(before), flat_settings(after)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not any(k == f or k.startswith(f + ".") for f in free)]
+
+
 def resolve_run_config(schema: type, stage: str, args, selector: str, flags: dict[str, str | None]) -> DictConfig:
     """The config of a training command.
 
-    A resumed run keeps its saved ``config.yaml``. Otherwise the preset is ``--config`` or the one named
-    after the data selection (``args.selection``, default ``synthetic``), whose choice is written to
-    ``selector`` unless ``--config`` alone picked the preset. Then the ``key=value`` overrides, then the
-    flags that set keys (``flags``: key -> value or None).
+    A resumed run keeps its saved ``config.yaml``: overrides or flags that would change a setting of the run
+    (other than :data:`RESUME_MAY_CHANGE`) are a ConfigError naming each key. Otherwise the preset is ``--config``
+    or the one named after the data selection (``args.selection``, default ``synthetic``), whose choice is written
+    to ``selector`` unless ``--config`` alone picked the preset. Then the ``key=value`` overrides, then the flags
+    that set keys (``flags``: key -> value or None; a flag given is applied, even 0 or an empty string).
     """
     from .configs import preset_path
 
     overrides = list(args.overrides)
     if args.resume:
+        if args.config:
+            raise ConfigError(f"--config {args.config} picks the settings of a new run; --resume {args.resume} "
+                              "continues with the run's own config.yaml")
         preset = f"{args.resume}/config.yaml"
+        if args.selection is not None:  # checked against the run's below
+            overrides.insert(0, f"{selector}={args.selection}")
     else:
         selection = args.selection or "synthetic"
         preset = str(preset_path(stage, args.config or selection))
         if args.selection is not None or args.config is None:
             overrides.insert(0, f"{selector}={selection}")
-    overrides += [f"{key}={value}" for key, value in flags.items() if value]
-    return build_config(schema, preset, overrides)
+    overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
+    cfg = build_config(schema, preset, overrides)
+    if args.resume:
+        changed = changed_settings(build_config(schema, preset), cfg, RESUME_MAY_CHANGE)
+        if changed:
+            said = "; ".join(f"{k}={new!r} (the run has {old!r})" for k, old, new in changed)
+            raise ConfigError(f"--resume {args.resume}: {said}: a resumed run keeps the settings it was made with; "
+                              "start a new run (without --resume) to change them")
+    return cfg

@@ -133,6 +133,7 @@ def load_training_state(path: Path) -> dict:
 
 
 _run_logger: logging.Logger | None = None  # the logger of the run this process started last (for its failure)
+_current_run: Path | None = None  # its folder
 WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
@@ -162,6 +163,25 @@ def setup_logging(name: str, run_dir: Path, main: bool) -> logging.Logger:
     return log
 
 
+#: what makes a folder a run (a folder holding only train.log is a run that failed before it began)
+RUN_CONTENTS = ("config.yaml", CHECKPOINTS, "model", "best")
+
+
+def check_new_run_folder(run_dir: Path) -> None:
+    """A new run never writes into a file or into an earlier run's folder: a one-line DataError naming it."""
+    from .data.fmri import DataError
+
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise DataError(f"{folder} is a file, not a folder: --out names the folder that holds run folders")
+            break
+    held = [name for name in RUN_CONTENTS if (run_dir / name).exists()]
+    if held:
+        raise DataError(f"{run_dir} holds an earlier run ({', '.join(held)}): continue it with --resume {run_dir}, or "
+                        "choose another --run-name")
+
+
 def start_run(train_cfg, output_dir: str, resume: str | Path | None, run_name: str | None, logger: str):
     """An accelerate ``Accelerator`` for ``train_cfg`` and the run folder (new, or ``resume``), with logging set up.
 
@@ -173,15 +193,18 @@ def start_run(train_cfg, output_dir: str, resume: str | Path | None, run_name: s
     from accelerate.utils import set_seed
 
     tc = train_cfg
+    run_dir = Path(resume) if resume else Path(output_dir) / (run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if not resume:
+        check_new_run_folder(run_dir)
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.accum_iter,
                               log_with=None if tc.tracker == "none" else tc.tracker,
                               project_dir=str(Path(resume or output_dir)))
     main = accelerator.is_main_process
-    run_dir = Path(resume) if resume else Path(output_dir) / (run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    global _run_logger
+    global _run_logger, _current_run
+    _current_run = run_dir
     log = _run_logger = setup_logging(logger, run_dir, main)
     if main:
         removed = remove_stale_temporaries(run_dir)
@@ -191,7 +214,9 @@ def start_run(train_cfg, output_dir: str, resume: str | Path | None, run_name: s
     return accelerator, run_dir, main
 
 
-def add_run_arguments(parser, stage: str, resume_help: str = "continue the run in RUN_DIR from its latest checkpoint"):
+def add_run_arguments(parser, stage: str, resume_help: str = "continue the run in RUN_DIR from its latest intact "
+                                                              "checkpoint, with its saved config.yaml (overrides that "
+                                                              "would change a setting are refused)"):
     """The flags every training command shares: preset, resume, output folder, run name, --print-config and the
     ``key=value`` overrides (accepted anywhere on the line when parsed with ``parse_intermixed_args``)."""
     from .configs import preset_names
@@ -201,9 +226,11 @@ def add_run_arguments(parser, stage: str, resume_help: str = "continue the run i
     parser.add_argument("--resume", metavar="RUN_DIR", help=resume_help)
     parser.add_argument("--output-dir", "--out", dest="output_dir", metavar="DIR",
                         help="parent folder of run folders (sets output_dir)")
-    parser.add_argument("--run-name", metavar="NAME", help="run folder name (default: date and time)")
+    parser.add_argument("--run-name", metavar="NAME", help="run folder name (default: date and time); an earlier run's "
+                                                           "folder is refused (continue it with --resume)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see below)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides (see below; --print-config lists every key)")
 
 
 def _report_failure(message: str) -> None:
@@ -223,8 +250,8 @@ def run_training_command(prog: str, args, resolve, train, errors: tuple = ()) ->
     from .config import ConfigError
     from .data.fmri import DataError
 
-    global _run_logger
-    _run_logger = None
+    global _run_logger, _current_run
+    _run_logger = _current_run = None
     try:
         cfg = resolve(args)
         if args.print_config:
@@ -237,10 +264,37 @@ def run_training_command(prog: str, args, resolve, train, errors: tuple = ()) ->
     except NonFiniteLossError as e:
         _report_failure(f"{prog}: training stopped: {e}")
         return 1
-    except OSError as e:
-        if e.errno not in WRITE_ERRNOS:
+    except Exception as e:  # noqa: BLE001 - only failed writes are reported in one line; anything else is raised
+        reason = write_failure(e)
+        if reason is None:
             raise
-        _report_failure(f"{prog}: error: cannot write to {e.filename or 'the output folder'}: {e.strerror}; "
-                        "checkpoints written before stay intact")
+        _report_failure(f"{prog}: error: cannot write to {reason}; the checkpoints written before stay intact "
+                        f"(--resume continues from the newest)")
         return 2
     return 0
+
+
+#: how writers that are not Python's own say that a write failed: safetensors (its I/O error names the OS error)
+#: and torch.save (its zip writer's failed assertions; never the reader's)
+_WRITE_FAILURE = ("os error 28", "No space left", "Disk quota", "Read-only file system", "PytorchStreamWriter",
+                  "file write failed", "unexpected pos")
+
+
+def write_failure(e: BaseException) -> str | None:
+    """``"<where>: <why>"`` when ``e`` is a failed write of the output folder (full, read-only, no permission), else
+    None."""
+    import shutil as _shutil
+
+    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+        return f"{e.filename or _current_run or 'the output folder'}: {e.strerror}"
+    text = str(e)
+    if isinstance(e, OSError) or not any(m in text for m in _WRITE_FAILURE):
+        return None
+    where = _current_run or "the output folder"
+    why = "No space left on device" if "os error 28" in text or "No space left" in text else text.splitlines()[0]
+    try:
+        if "No space" not in why and _current_run and _shutil.disk_usage(_current_run).free < 1 << 20:
+            why = f"No space left on device ({why})"
+    except OSError:
+        pass
+    return f"{where}: {why}"

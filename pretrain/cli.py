@@ -6,6 +6,7 @@ import sys
 
 from mindvis.config import resolve_run_config
 from mindvis.training import add_run_arguments, run_training_command
+from mindvis.utils.cli import PlainHelpFormatter
 
 from .config import DATA_SOURCES, PretrainConfig
 from .engine import pretrain
@@ -33,7 +34,7 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mindvis-pretrain", description="Stage A of MinD-Vis: SC-MBM pretraining (A1) or tuning on a target dataset (A2).", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=PlainHelpFormatter)
     p.add_argument("--data", dest="selection", choices=DATA_SOURCES, default=None,
                    help="fMRI source: hcp (HCP resting state), god / nsd (GOD fMRI, NSD trials from mindvis-prep nsd: "
                         "stage A2), synthetic (the synthetic "
@@ -42,8 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", metavar="DIR", help="dataset folder (sets data.path); not needed for synthetic")
     p.add_argument("--init", metavar="CKPT",
                    help="start from an SC-MBM (stage A2): a mindvis run or model folder, or an original .pth")
-    add_run_arguments(p, "pretrain", "continue the run in RUN_DIR from its latest checkpoint, with its saved config "
-                                     "(overrides still apply)")
+    add_run_arguments(p, "pretrain")
     return p
 
 

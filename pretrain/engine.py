@@ -74,7 +74,7 @@ def pretrain(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
     model = _make_model(cfg, data.num_voxels, init)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model: SC-MBM %s, %.1fM trainable parameters", asdict(model.config), n_params / 1e6)
-    if main:
+    if main and not resume:  # a resumed run keeps its config.yaml, whatever happens next
         save_config(cfg, run_dir / "config.yaml")
 
     optimizer = torch.optim.AdamW(decay_groups(model.named_parameters(), tc.weight_decay), lr=tc.lr,

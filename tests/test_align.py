@@ -232,22 +232,35 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, cache_dir, tiny_worl
 
 def test_an_output_folder_that_cannot_be_written_is_one_clear_error(tmp_path, cache_dir, tiny_world, capsys,
                                                                      monkeypatch):
+    """A disk that fills up during --resume: one line for every way a writer reports it (Python's OSError,
+    safetensors' and torch.save's own errors), and the checkpoints written before stay intact."""
     import errno
+    import shutil
 
     from mindvis import training
 
-    rc, run_dir = run(tmp_path, cache_dir, "full-disk", "--decoder", "mlp", "train.epochs=2")
+    rc, run_dir = run(tmp_path, cache_dir, "full-disk", "--decoder", "mlp")
     assert rc == 0
+    shutil.rmtree(run_dir / "checkpoints" / "epoch-0004")  # as if killed after epoch 2
+    (run_dir / "checkpoints" / "latest").write_text("epoch-0002\n")
     real = training.atomic_dir
+    failures = [OSError(errno.ENOSPC, "No space left on device", str(run_dir / "checkpoints")),
+                type("SafetensorError", (Exception,), {})(
+                    "Error while serializing: I/O error: No space left on device (os error 28)"),
+                RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")]
+    for failure in failures:
+        def full_disk(path, fill, failure=failure):  # the disk fills up at the next checkpoint
+            raise failure
 
-    def full_disk(path, fill):  # the disk fills up at the next checkpoint
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
-
-    monkeypatch.setattr(training, "atomic_dir", full_disk)
-    capsys.readouterr()
-    rc, _ = run(tmp_path, cache_dir, "full-disk", "--decoder", "mlp", "train.epochs=2")
-    err = capsys.readouterr().err
-    assert rc == 2 and "cannot write to" in err and "No space left on device" in err and "Traceback" not in err
-    assert "Logging error" not in err
+        monkeypatch.setattr(training, "atomic_dir", full_disk)
+        capsys.readouterr()
+        rc = main(["--resume", str(run_dir)])
+        err = capsys.readouterr().err
+        assert rc == 2 and "cannot write to" in err and "Traceback" not in err, err
+        (line,) = [x for x in err.splitlines() if "error:" in x]
+        assert "checkpoints written before stay intact" in line, err
+        assert "No space left on device" in err or "inline_container" in err
+        assert "Logging error" not in err
     monkeypatch.setattr(training, "atomic_dir", real)
     assert (run_dir / "checkpoints" / "epoch-0002" / "model" / "model.safetensors").is_file()  # earlier one intact
+    assert main(["--resume", str(run_dir)]) == 0  # and the run continues from it once there is room
