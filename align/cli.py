@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mindvis.config import resolve_run_config
+from mindvis.config import ConfigError, resolve_run_config
 from mindvis.finetune.config import DATASETS, MEEG_DATASETS
 from mindvis.models.image_embedders import EmbedderUnavailable
 from mindvis.training import add_run_arguments, run_training_command
+from mindvis.utils.cli import PlainHelpFormatter
 
 from .config import AlignConfig, DECODERS
 from .engine import align
@@ -35,7 +36,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mindvis-align", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(prog="mindvis-align", epilog=EPILOG, formatter_class=PlainHelpFormatter,
                                 description="Decode fMRI into an image embedding space and score retrieval of the "
                                             "seen image (the MindEye / Meta family of decoders).")
     p.add_argument("--dataset", dest="selection", choices=DATASETS + MEEG_DATASETS, default=None,
@@ -69,7 +70,9 @@ def _windows(text: str | None) -> dict:
     try:
         length, step = (float(v) for v in text.split(":"))
     except ValueError:
-        raise SystemExit(f"mindvis-align: error: --windows takes LEN:STEP in seconds (e.g. 0.25:0.1), got {text!r}")
+        length = step = float("nan")
+    if not (length > 0 and step > 0):  # also NaN
+        raise ConfigError(f"--windows takes LEN:STEP in seconds, both > 0 (e.g. 0.25:0.1), got {text!r}")
     return {"windows.length": length, "windows.step": step}
 
 

@@ -3,17 +3,28 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from mindvis.config import MIXED_PRECISIONS, TRACKERS, check_settings
-from mindvis.finetune.config import MEEG_DATASETS
+from mindvis.config import MIXED_PRECISIONS, TRACKERS, check_settings, check_unused
+from mindvis.data.fmri import PAD_MODES
+from mindvis.finetune.config import DATASETS, MEEG_DATASETS
 from mindvis.models.brain_module import AGGREGATIONS
 from mindvis.models.image_embedders import valid_target
 
-from .config import CONTRASTIVE, DECODERS
+from .config import CONTRASTIVE, DECODERS, AlignConfig
 
 
-def validate(cfg: DictConfig) -> None:
-    """Every setting checked before anything runs; a ConfigError names the key, the value and what is allowed."""
+#: settings of the shared data schema that mindvis-align never reads (mindvis-finetune's image augmentation, its
+#: image size and loader workers): setting one is refused, not silently ignored
+UNUSED = {"data.zero_voxels": "mindvis-finetune's voxel dropout", "data.crop_ratio": "mindvis-finetune's image crop",
+          "data.crop_p": "mindvis-finetune's image crop", "data.image_size": "mindvis-finetune's image size",
+          "data.num_workers": "mindvis-finetune's data loader"}
+
+
+def validate(cfg: DictConfig, prefix: str = "") -> None:
+    """Every setting checked before anything runs; a ConfigError names the key (after ``prefix``, e.g. ``cell.``
+    for a scaling study's cells), the value and what is allowed."""
+    check_unused(cfg, AlignConfig, UNUSED, "mindvis-align", prefix)
     d, lo, t = cfg.decoder, cfg.loss, cfg.train
+    da = cfg.data
     meeg = cfg.data.dataset in MEEG_DATASETS
     bm = d.brain_module
     checks = [
@@ -58,5 +69,13 @@ def validate(cfg: DictConfig) -> None:
         (cfg.eval.mindeye_subset >= 2 and cfg.eval.mindeye_draws >= 1 and cfg.eval.show >= 0,
          "eval.mindeye_subset/mindeye_draws/show", (cfg.eval.mindeye_subset, cfg.eval.mindeye_draws, cfg.eval.show),
          "subset >= 2, draws >= 1, show >= 0"),
+        (da.dataset in DATASETS + MEEG_DATASETS, "data.dataset", da.dataset, f"one of {DATASETS + MEEG_DATASETS}"),
+        (da.pad_mode in PAD_MODES, "data.pad_mode", da.pad_mode, f"one of {PAD_MODES}"),
+        (da.god_layout in ("mindvis", "bdata"), "data.god_layout", da.god_layout, "mindvis or bdata"),
+        (da.nsd_train_trials in ("single", "average"), "data.nsd_train_trials", da.nsd_train_trials,
+         "single or average"),
+        (0 <= da.val_fraction < 1, "data.val_fraction", da.val_fraction, "in [0, 1)"),
+        (da.max_train >= 0, "data.max_train", da.max_train, ">= 0 (0: all training pairs)"),
+        (da.meeg_subject >= 1, "data.meeg_subject", da.meeg_subject, ">= 1"),
     ]
-    check_settings(checks)
+    check_settings([(ok, prefix + key, value, allowed) for ok, key, value, allowed in checks])

@@ -34,6 +34,11 @@ def fit(cfg: DictConfig, data: StageBData, emb: dict, stage_a, accelerator, run_
     tc, d = cfg.train, cfg.decoder
     dim = emb["train"].shape[1]
     if d.name == "ridge":
+        if d.folds > len(data.train):
+            from mindvis.config import ConfigError
+
+            raise ConfigError(f"decoder.folds={d.folds} is not allowed: must be 2 to {len(data.train)} (the training "
+                              "pairs, each fold holds at least one out)")
         model = RidgeDecoder.fit(data.train.fmri, emb["train"],
                                  RidgeConfig(data.num_voxels, dim, list(d.alphas), d.folds, d.per_target))
         alphas = np.unique(model.alpha.numpy())

@@ -115,6 +115,11 @@ def validate(cfg) -> None:
     from mindvis.models.sc_mbm import MBM_VARIANTS
     from mindvis.pipelines.mindvis_pipeline import SCHEDULERS
 
+    from mindvis.config import check_unused
+
+    check_unused(cfg, FinetuneConfig, {"data.meeg_subject": "THINGS-EEG2's subject: mindvis-align",
+                                       "data.meeg_average_train": "THINGS-EEG2's averaging: mindvis-align"},
+                 "mindvis-finetune")
     m, d, t = cfg.model, cfg.data, cfg.train
     check_settings([
         (m.encoder_variant in MBM_VARIANTS, "model.encoder_variant", m.encoder_variant, f"one of {sorted(MBM_VARIANTS)}"),
