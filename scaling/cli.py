@@ -11,6 +11,7 @@ from mindvis.data.fmri import DataError
 from mindvis.finetune.config import DATASETS, MEEG_DATASETS
 from mindvis.models.image_embedders import EmbedderUnavailable
 from mindvis.world import DEVICE_PRESETS, WORLD_PRESETS, describe_devices, device_overrides
+from mindvis.utils.cli import PlainHelpFormatter
 
 from .config import ARMS, ScalingConfig
 from .engine import scaling
@@ -42,7 +43,7 @@ examples:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mindvis-scaling", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=PlainHelpFormatter)
     p.add_argument("--dataset", choices=DATASETS + MEEG_DATASETS, default="synthetic",
                    help="brain-image pairs (as mindvis-align reads them: fMRI, or M/EEG with the brain-module arm); "
                         "picks the preset of that name when there is one and sets cell.data.dataset. Default: synthetic")
@@ -58,7 +59,9 @@ def main(argv=None) -> int:
                         "images, 4,640 voxels; sets cell.data.synthetic.*)")
     p.add_argument("--out", required=True, metavar="DIR", help="study folder (rerun the same command to continue)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="study settings: grid.* (the grid) and cell.* (every cell's mindvis-align settings); see "
+                        "below, --print-config lists every key")
     args = p.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:

@@ -22,10 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from mindvis.config import ConfigError, check_settings, save_config
+from mindvis.data.fmri import DataError
+from mindvis.utils.cli import check_output_folder
 from mindvis.utils.io import atomic_write_json, atomic_write_text
 
 from .analysis import analyse, analyse_subjects
-from .cells import run_cell, run_subject_cell, sizes, subject_cells
+from .cells import cell_config, run_cell, run_subject_cell, sizes, subject_cells
 from .config import ARMS, SUBJECT_MODES
 from .report import markdown, plot
 
@@ -33,6 +35,9 @@ log = logging.getLogger("mindvis.scaling")
 
 
 def validate(cfg: DictConfig) -> None:
+    """The grid and every arm's ``mindvis-align`` settings (``cell.*``), checked before anything is written."""
+    from mindvis.align.settings import validate as validate_cell
+
     g = cfg.grid
     check_settings([
         (len(g.arms) > 0 and all(a in ARMS for a in g.arms), "grid.arms", list(g.arms), f"a non-empty list of {ARMS}"),
@@ -54,28 +59,64 @@ def validate(cfg: DictConfig) -> None:
         (not g.subject_ids or len(g.subject_ids) >= max(g.subjects, default=0), "grid.subject_ids",
          list(g.subject_ids), f"at least max(grid.subjects) = {max(g.subjects, default=0)} subjects"),
     ])
+    for arm in g.arms:  # each arm's cells are align runs: their settings as align checks them, named cell.*
+        try:
+            validate_cell(cell_config(cfg, arm, 2, g.seeds[0], Path(cfg.output_dir)), prefix="cell.")
+        except ConfigError as e:
+            raise ConfigError(f"grid.arms {arm}: {e}") from None
+
+
+def is_study(folder: Path) -> bool:
+    """A folder this command wrote: its config.yaml holds a grid."""
+    try:
+        return "grid" in (OmegaConf.load(folder / "config.yaml") or {})
+    except Exception:  # noqa: BLE001 - missing or not YAML: not a study
+        return False
+
+
+#: what a finished cell's record holds (mindvis.scaling.cells)
+CELL_KEYS = ("arm", "seed", "test", "chance", "averaging")
+
+
+def read_cell(path: Path) -> dict:
+    """A finished cell's record, or a one-line DataError naming the file and what is wrong with it."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path}: not a readable cell record ({type(e).__name__}: {e}); delete it to run the cell "
+                        "again") from None
+    missing = [k for k in CELL_KEYS if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise DataError(f"{path}: not a finished cell record (no {', '.join(missing)}); delete it to run the cell "
+                        "again")
+    return record
 
 
 def scaling(cfg: DictConfig, out: str | Path) -> dict:
     """Run (or continue) the study in ``out``; returns the report (also scaling.json / .md / PNGs)."""
     validate(cfg)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_folder(out, reusable=lambda d: (d / "config.yaml").is_file(), flag=None)
     config_file = out / "config.yaml"
     if config_file.is_file():  # a continued study must be the same study
-        saved = OmegaConf.load(config_file)
-        if OmegaConf.to_container(saved, resolve=True) != OmegaConf.to_container(cfg, resolve=True):
-            raise ConfigError(f"{out} holds a study with other settings ({config_file}); use another --out")
-    else:
-        save_config(cfg, config_file)
+        try:
+            saved = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)
+        except Exception as e:  # noqa: BLE001 - YAML errors come in many types
+            raise DataError(f"{config_file}: not a readable study config ({type(e).__name__}); use another --out") from None
+        if saved != OmegaConf.to_container(cfg, resolve=True):
+            finished = list((out / "cells").glob("*.json"))
+            hint = (f"{len(finished)} finished cell(s)" if finished else
+                    f"no cell has finished: remove {config_file} to start the study over with these settings")
+            raise ConfigError(f"{out} holds a study with other settings ({config_file}; {hint}); use another --out")
     cells = [(arm, label, n, seed) for seed in cfg.grid.seeds for label, n in sizes(cfg, seed) for arm in cfg.grid.arms]
     extra = subject_cells(cfg) if cfg.grid.subjects else []
+    if not config_file.is_file():  # written once the settings are checked and the data is readable
+        save_config(cfg, config_file)
     results, subject_results = [], []
     with tqdm(total=len(cells) + len(extra), desc="scaling cells") as bar:
         for arm, label, n, seed in cells:
             done = out / "cells" / f"{arm}-{label}-s{seed}.json"
             if done.is_file():
-                results.append(json.loads(done.read_text()))
+                results.append(read_cell(done))
             else:
                 log.info("cell %s, %s (%d training pairs), seed %d", arm, label, n, seed)
                 results.append(run_cell(cfg, arm, label, n, seed, out))
@@ -83,7 +124,7 @@ def scaling(cfg: DictConfig, out: str | Path) -> dict:
         for name, k, mode, seed in extra:
             done = out / "cells" / f"{name}.json"
             if done.is_file():
-                subject_results.append(json.loads(done.read_text()))
+                subject_results.append(read_cell(done))
             else:
                 log.info("cell mlp-shared, %d subjects (%s), seed %d", k, mode, seed)
                 subject_results.append(run_subject_cell(cfg, name, k, mode, seed, out))
