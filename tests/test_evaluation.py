@@ -171,12 +171,13 @@ def test_sample_from_an_fmri_file_and_bad_inputs(finetuned, tmp_path, capsys):
     with np.load(tmp_path / "o" / "samples.npz") as z:
         assert z["samples"].shape[:2] == (3, 1) and "ground_truth" not in z.files
     np.save(tmp_path / "bad.npy", np.zeros((2, voxels + 16), np.float32))
-    assert sample_main(["--model", str(finetuned), "--fmri", str(tmp_path / "bad.npy"), "--out", str(tmp_path)]) == 2
+    assert sample_main(["--model", str(finetuned), "--fmri", str(tmp_path / "bad.npy"),
+                        "--out", str(tmp_path / "new")]) == 2
     assert f"takes {voxels}" in capsys.readouterr().err
     broken = tmp_path / "broken"
     shutil.copytree(finetuned / "best", broken)
     shutil.rmtree(broken / "vae")
-    assert sample_main(["--model", str(broken), "--out", str(tmp_path)]) == 2
+    assert sample_main(["--model", str(broken), "--out", str(tmp_path / "new")]) == 2
     assert "missing ['vae']" in capsys.readouterr().err
 
 

@@ -78,29 +78,47 @@ def _load_state(path: str) -> dict:
 def vit_h_14(weights: str | None = None) -> ImageClassifier:
     from torchvision.models import ViT_H_14_Weights, vit_h_14 as build
 
+    from ..utils.offline import no_downloads, torchvision_cached
+
     if weights:
         net = build()
         net.load_state_dict(_load_state(weights))
     else:
+        cached = torchvision_cached(ViT_H_14_Weights.IMAGENET1K_SWAG_E2E_V1)
+        if not cached.is_file():  # before building 632M parameters
+            raise ClassifierUnavailable(f"ViT-H/14 ImageNet weights: {cached} is not on this machine and nothing is "
+                                        "downloaded: put the file there or pass --classifier-weights FILE")
         try:
-            net = build(weights=ViT_H_14_Weights.IMAGENET1K_SWAG_E2E_V1)
-        except Exception as e:  # noqa: BLE001 - no network / no cache
-            raise ClassifierUnavailable(f"ViT-H/14 ImageNet weights are not in torch's cache and cannot be downloaded "
-                                        f"({type(e).__name__}); pass --classifier-weights FILE") from None
+            with no_downloads("pass --classifier-weights FILE"):
+                net = build(weights=ViT_H_14_Weights.IMAGENET1K_SWAG_E2E_V1)
+        except Exception as e:  # noqa: BLE001 - not in torch's cache (nothing is downloaded), a damaged file
+            raise ClassifierUnavailable(f"ViT-H/14 ImageNet weights: {str(e).splitlines()[0]}") from None
     return ImageClassifier(net, **VIT_H_14_INPUT)
 
 
-def timm_classifier(name: str, weights: str | None = None) -> ImageClassifier:
+def timm_classifier(name: str, weights: str | None = None, flag: str | None = "--classifier-weights FILE"
+                    ) -> ImageClassifier:
+    """A timm model with its pretrained weights: ``weights`` (a local file), or timm's caches (the Hugging Face cache,
+    torch's); nothing is downloaded. ``flag``: what the calling command takes for a local file (None: nothing)."""
     import timm
 
+    from ..utils.offline import no_downloads, timm_weights_location
+
     try:
+        with no_downloads():
+            if weights:
+                net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": weights})
+            else:
+                net = timm.create_model(name, pretrained=True)
+    except Exception as e:  # noqa: BLE001 - not cached (nothing is downloaded), an unknown name, a damaged file
+        if "Unknown model" in str(e) or "Invalid pretrained tag" in str(e):
+            raise ClassifierUnavailable(f"timm has no model {name!r} ({str(e).splitlines()[0]})") from None
         if weights:
-            net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": weights})
-        else:
-            net = timm.create_model(name, pretrained=True)
-    except Exception as e:  # noqa: BLE001 - no network / no cache
-        raise ClassifierUnavailable(f"timm model {name!r}: weights not available here ({type(e).__name__}: {e}); "
-                                    "pass --classifier-weights FILE") from None
+            raise ClassifierUnavailable(f"timm model {name!r}: {weights} does not load "
+                                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise ClassifierUnavailable(f"timm model {name!r}: its pretrained weights are not on this machine and nothing "
+                                    f"is downloaded; put them in {timm_weights_location(name)}"
+                                    + (f", or pass {flag}" if flag else "")) from None
     cfg = net.pretrained_cfg
     return ImageClassifier(net, cfg.get("input_size", (3, 224, 224))[-1], cfg.get("mean", IMAGENET_MEAN),
                            cfg.get("std", IMAGENET_STD), features=lambda x: net.forward_head(net.forward_features(x),

@@ -11,13 +11,15 @@ from omegaconf import OmegaConf
 
 from .classifiers import ClassifierUnavailable, load_classifier
 from .evaluate import (DEFAULT_SETTINGS, PAIRWISE, PROTOCOLS, evaluate, markdown_report, protocol_deviations,
-                       to_float_images, write_report)
+                       write_report)
+from ..utils.cli import PlainHelpFormatter
+from .inputs import sample_arrays
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mindvis-eval", description="Evaluate reconstructions: n-way top-k semantic "
                                 "classification and pair-wise identification (MSE, PCC, SSIM, LPIPS), FID. Writes "
-                                "eval.json and eval.md.")
+                                "eval.json and eval.md.", formatter_class=PlainHelpFormatter)
     p.add_argument("--samples", required=True, help="samples.npz from mindvis-sample (or its folder)")
     p.add_argument("--suite", choices=["paper", "nsd"], default="paper",
                    help="paper (default): n-way classification and pair-wise identification (eval.json/.md); nsd: "
@@ -49,7 +51,9 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, help="random draws of distractor classes per sample (default and paper: 50)")
     p.add_argument("--metrics", nargs="+", choices=["nway", *PAIRWISE, "fid"],
                    help="which metrics (default: all; with --protocol paper: nway mse pcc ssim lpips)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random draws: n-way distractor classes (--suite paper) and the retrieval "
+                        "subsets (--suite nsd) (default 0)")
     p.add_argument("--out", default=None, help="output folder (default: the samples' folder)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -66,7 +70,7 @@ def main(argv=None) -> int:
         arrays = read_npz(path, ["samples"], optional=["ground_truth", "meta"])
         if "ground_truth" not in arrays:
             raise DataError(f"{path} has no ground_truth (samples of an fMRI file cannot be scored)")
-        samples, truth = to_float_images(arrays["samples"]), to_float_images(arrays["ground_truth"])
+        samples, truth = sample_arrays(arrays, path)  # uint8 0..255 or floats in [0, 1], checked
         meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
         world = meta.get("synthetic_world")
         # strict: an unknown or mistyped world setting in the metadata is named, never passed on
@@ -116,20 +120,23 @@ def _nsd_suite(args, path: Path, samples, truth, meta: dict) -> int:
 
     from ..data.fmri import DataError, read_npz
     from ..utils.io import atomic_write_json, atomic_write_text
+    from ..utils.offline import no_downloads
+    from .inputs import (check_embeddings, check_nsd_weights, named_weights_failed, parse_nsd_weights,
+                         refused_downloads)
     from .nsd_suite import load_networks, nsd_markdown, nsd_suite
 
     try:
-        if any("=" not in item for item in args.nsd_weights):
-            raise DataError(f"--nsd-weights takes NET=FILE, got {args.nsd_weights}")
-        weights = dict(item.split("=", 1) for item in args.nsd_weights)
+        weights = parse_nsd_weights(args.nsd_weights)
+        check_nsd_weights(weights)  # a file the user named loads, or the command fails here
         embeddings = None
         if args.embeddings:
             arrays = read_npz(args.embeddings, ["contrastive", "target"])
-            embeddings = {"pred": arrays["contrastive"], "target": arrays["target"]}
-            if len(embeddings["pred"]) != len(truth):
-                raise DataError(f"{args.embeddings}: {len(embeddings['pred'])} decoded embeddings for {len(truth)} "
-                                "test images")
-        networks, skipped = load_networks(weights)
+            embeddings = check_embeddings(arrays["contrastive"], arrays["target"], len(truth), args.embeddings)
+        with no_downloads("pass --nsd-weights NAME=FILE") as refused:  # the default networks: torch's cache only
+            networks, skipped = load_networks(weights)
+        named_weights_failed(weights, skipped)
+        for line in refused_downloads(refused):  # skipped, and said where their weights go
+            print(f"mindvis-eval: warning: {line}", file=sys.stderr)
         report = nsd_suite(samples, truth, networks, skipped, embeddings, progress=tqdm, antialias=args.antialias)
     except (DataError, ValueError) as e:
         print(f"mindvis-eval: error: {e}", file=sys.stderr)

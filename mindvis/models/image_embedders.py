@@ -279,7 +279,7 @@ def timm_embedder(name: str) -> ImageEmbedder:
     from ..evaluation.classifiers import ClassifierUnavailable, timm_classifier
 
     try:
-        clf = timm_classifier(name)
+        clf = timm_classifier(name, flag=None)
     except ClassifierUnavailable as e:
         raise EmbedderUnavailable(str(e)) from None
     return ImageEmbedder(f"timm:{name}", clf._features, clf.size, clf.mean.flatten().tolist(),
