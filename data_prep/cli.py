@@ -1,18 +1,51 @@
-"""``mindvis-prep``: public raw releases -> model-ready files (HCP for stage A, GOD, BOLD5000 and NSD for stage B).
+"""``mindvis-prep``: public raw releases -> model-ready files (HCP for stage A; GOD, BOLD5000 and NSD for stage B;
+THINGS-MEG for mindvis-align).
 
-Every preparation streams with bounded memory, shows progress, skips finished subjects (each is written
-under a temporary name and renamed), and writes ``meta.json`` (sources, ROI sizes, voxel counts,
-statistics, versions).
+Every preparation streams with bounded memory, shows progress, skips finished parts (subjects, sessions or runs:
+each is written under a temporary name and renamed), and writes ``meta.json`` (sources, ROI sizes, voxel counts,
+statistics, versions). ``--out`` is a new or empty folder, or one the same preparation wrote (it continues there);
+anything else there is refused.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from mindvis.data.fmri import DataError
+from mindvis.utils.cli import PlainHelpFormatter, check_output_folder
+
+#: written into --out before a preparation starts: what it holds before meta.json does
+MARKER = ".mindvis-prep"
+
+
+def _prepared_kind(folder: Path) -> str | None:
+    """Which preparation wrote ``folder``: meta.json's ``preparation``, else the marker of an unfinished one."""
+    import json
+
+    try:
+        if (folder / "meta.json").is_file():
+            return json.loads((folder / "meta.json").read_text()).get("preparation")
+        if (folder / MARKER).is_file():
+            return (folder / MARKER).read_text().strip()
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None
+
+
+def check_out(kind: str, out: str) -> None:
+    """``--out`` is new, empty or this preparation's own (then it continues); the marker is written before any work."""
+    from mindvis.utils.io import atomic_write_text
+
+    made = _prepared_kind(Path(out)) if Path(out).is_dir() else None
+    if made not in (None, kind):
+        raise DataError(f"{out} holds a mindvis-prep {made} preparation; give {kind} another --out")
+    folder = check_output_folder(out, reusable=lambda d: _prepared_kind(d) == kind, flag=None)
+    if _prepared_kind(folder) is None:
+        atomic_write_text(folder / MARKER, kind + "\n")
 
 
 def _atlas_values(items: list[str] | None) -> dict[str, list[int]]:
@@ -26,8 +59,7 @@ def _atlas_values(items: list[str] | None) -> dict[str, list[int]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mindvis-prep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="mindvis-prep", description=__doc__, formatter_class=PlainHelpFormatter)
     sub = p.add_subparsers(dest="dataset", required=True)
     h = sub.add_parser("hcp", help="HCP-1200 CIFTI-2 resting state -> <out>/<subject>/HCP_visual_voxel.npz")
     h.add_argument("--input", required=True, help="HCP-1200 root with one folder per subject")
@@ -56,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--masks", nargs="+", required=True, metavar="SUB=DIR", help="per subject, its ROI mask folder")
     b.add_argument("--stimuli", required=True, help="the release's BOLD5000_Stimuli folder")
     b.add_argument("--out", required=True, help="output folder (then: mindvis-finetune --dataset bold5000 --data-path OUT)")
-    n = sub.add_parser("nsd", help="NSD release (betas, nsdgeneral, design, stimuli) -> one subject's trials and images")
+    n = sub.add_parser("nsd", help="NSD release (betas, nsdgeneral, design, stimuli) -> one subject's trials and images",
+                       description="One NSD subject from the release layout: the ROI voxels of every trial's betas "
+                                   "(z-scored per session, --zscore), the trial table (session, 73k image id, "
+                                   "repetition, shared-1000) and the subject's images. Resumable per session; a "
+                                   "session prepared with other settings is prepared again. Sessions missing from "
+                                   "the download are named in a warning (--sessions makes them an error).")
     n.add_argument("--root", required=True, help="the NSD release root (nsddata/, nsddata_betas/, nsddata_stimuli/)")
     n.add_argument("--subject", required=True, help="subj01..subj08 (or 1..8)")
     n.add_argument("--sessions", help="sessions to prepare, e.g. 1-40 or 1,3,5-7 (default: all the subject did: "
@@ -89,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run: band-pass whole runs, then epoch (Meta's offline pipeline; default); window: each epoch "
                         "alone as mindvis-stream does live (train the decoder you will stream with on this)")
     m.add_argument("--out", required=True, help="output folder (then: mindvis-align --dataset things-meg --data-path OUT)")
+    for sp in sub.choices.values():
+        sp.formatter_class = PlainHelpFormatter
     return p
 
 
@@ -104,7 +143,9 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="mindvis-prep: warning: %(message)s")
     try:
+        check_out(args.dataset, args.out)
         if args.dataset == "hcp":
             from .hcp import DEFAULT_PATTERN, FIX_CLEAN_PATTERN, prepare_hcp
 

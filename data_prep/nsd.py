@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -44,6 +45,8 @@ from mindvis.releases import SYNTHETIC_GENERATOR
 from mindvis.utils.io import atomic_write
 
 from .common import done, item_record, load_image, require_file, write_item, write_meta
+
+log = logging.getLogger("mindvis.data_prep.nsd")
 
 TRIALS_PER_SESSION = 750
 BETA_SCALE = 300.0  # the release stores percent signal change x 300 as int16
@@ -69,6 +72,11 @@ def parse_sessions(text: str | None, subject: str, root: Path | None = None) -> 
         present = [k for k in range(1, last + 1) if _find_betas(root, subject, k)]
         if not present:
             raise DataError(f"no NSD betas of {subject} under {_betas_folder(root, subject)}")
+        gaps = [k for k in range(1, present[-1]) if k not in present]
+        if gaps:
+            log.warning("NSD betas of %s session(s) %s are missing under %s: preparing the %d present (%s); pass "
+                        "--sessions to choose them explicitly", subject, _ranges(gaps), _betas_folder(root, subject),
+                        len(present), _ranges(present))
         return present
     out = []
     for part in str(text).split(","):
@@ -81,6 +89,17 @@ def parse_sessions(text: str | None, subject: str, root: Path | None = None) -> 
     if bad or not out:
         raise DataError(f"{subject} has sessions 1-{last}; --sessions {text!r} asks for {bad or 'none'}")
     return sorted(set(out))
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``1-3,5`` from [1, 2, 3, 5]."""
+    out, start = [], None
+    for i, k in enumerate(numbers):
+        start = k if start is None else start
+        if i + 1 == len(numbers) or numbers[i + 1] != k + 1:
+            out.append(f"{start}-{k}" if k > start else str(k))
+            start = None
+    return ",".join(out)
 
 
 def read_design(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,7 +145,7 @@ def trial_table(order: np.ndarray, subjectim: np.ndarray, shared: np.ndarray, su
 def roi_mask(root: Path, subject: str, roi: str, threshold: float) -> np.ndarray:
     """Boolean volume (X, Y, Z) of the ROI: values above ``threshold``."""
     path = require_file(root / "nsddata" / "ppdata" / subject / "func1pt8mm" / "roi" / f"{roi}.nii.gz", f"NSD ROI {roi}")
-    values = np.asarray(load_image(path).dataobj)
+    values = read_volume(path)
     if values.ndim != 3:
         raise DataError(f"{path}: an ROI must be a 3-D volume, got shape {values.shape}")
     mask = values > threshold
@@ -155,6 +174,16 @@ def betas_path(root: Path, subject: str, session: int) -> Path:
     return p
 
 
+def read_volume(path: Path) -> np.ndarray:
+    """A NIfTI file's data; a truncated or corrupt file (nibabel reads lazily: EOFError, zlib errors ...) is a
+    one-line DataError naming it."""
+    image = load_image(path)
+    try:
+        return np.asarray(image.dataobj)
+    except Exception as e:  # noqa: BLE001 - EOFError, zlib.error, OSError, ValueError ...
+        raise DataError(f"{path}: truncated or corrupt NIfTI data ({error_summary(e)}); download it again") from None
+
+
 def read_session(path: Path, mask: np.ndarray) -> np.ndarray:
     """(750, V) percent signal change of the ROI voxels, in the betas' flattening order."""
     if path.suffix in (".hdf5", ".mat"):
@@ -162,11 +191,15 @@ def read_session(path: Path, mask: np.ndarray) -> np.ndarray:
 
         try:
             with h5py.File(path, "r") as f:
-                data = f["betas"][()].transpose(3, 2, 1, 0)  # MATLAB order -> (X, Y, Z, trials)
-        except (OSError, KeyError) as e:
+                betas = f["betas"]
+                if betas.ndim != 4:
+                    raise DataError(f"{path}: dataset 'betas' has shape {betas.shape}; NSD betas are 4-D (trials, Z, "
+                                    "Y, X as h5py shows MATLAB's order)")
+                data = betas[()].transpose(3, 2, 1, 0)  # MATLAB order -> (X, Y, Z, trials)
+        except (OSError, KeyError, AttributeError, TypeError) as e:
             raise DataError(f"{path}: not an NSD betas HDF5 with dataset 'betas' ({error_summary(e)})") from None
     else:
-        data = np.asarray(load_image(path).dataobj)
+        data = read_volume(path)
     if data.ndim != 4 or data.shape[:3] != mask.shape:
         raise DataError(f"{path}: betas of shape {data.shape} do not match the ROI grid {mask.shape} "
                         "(both must be func1pt8mm)")
