@@ -7,6 +7,7 @@ import sys
 from mindvis.compat.ldm import PriorFormatError
 from mindvis.config import resolve_run_config
 from mindvis.training import add_run_arguments, run_training_command
+from mindvis.utils.cli import PlainHelpFormatter
 
 from .config import DATASETS, FinetuneConfig
 from .engine import finetune
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mindvis-finetune", epilog=EPILOG,
                                 description="Stage B of MinD-Vis: fine-tune a double-conditioned latent diffusion "
                                             "model on fMRI-image pairs.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=PlainHelpFormatter)
     p.add_argument("--dataset", dest="selection", choices=DATASETS, default=None,
                    help="pairs to train on; sets data.dataset and, without --config, the matching preset. "
                         "god+bold5000 trains jointly (voxels wrap-padded to the longer dataset; test metrics per "
