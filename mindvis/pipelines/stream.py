@@ -22,6 +22,7 @@ import numpy as np
 
 from mindvis.data.fmri import DataError
 from mindvis.data.meeg import preprocess_window, robust_scale, window_bounds
+from mindvis.utils.cli import PlainHelpFormatter
 
 
 class WindowStream:
@@ -103,7 +104,7 @@ def load_stream_model(run: str | Path):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mindvis-stream", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=PlainHelpFormatter)
     p.add_argument("--model", required=True, metavar="RUN", help="a mindvis-align run on --dataset things-meg")
     p.add_argument("--input", required=True, metavar="RECORDING", help="a continuous recording MNE reads (.fif, .ds)")
     p.add_argument("--events", metavar="TSV", help="image onsets from this events.tsv (onset in s, trial_type exp/test) "
