@@ -465,9 +465,14 @@ def test_case_8_and_10_sample_argument_ranges(flag, value, tmp_path, capsys):
     assert f"argument {flag}: expected an integer >= 1, got" in err and "Traceback" not in err
 
 
-def test_case_10_sample_refuses_a_brain_module_run(tmp_path, capsys):
-    from mindvis.models.brain_module import BrainModule, BrainModuleConfig
+def test_case_10_sample_refuses_a_brain_module_run(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
 
+    from mindvis.models.brain_module import BrainModule, BrainModuleConfig
+    from mindvis.pipelines.embedding_pipeline import EmbeddingToImagePipeline
+
+    generator = SimpleNamespace(image_size=16, conditioner=SimpleNamespace(config=SimpleNamespace(embed_dim=4)))
+    monkeypatch.setattr(EmbeddingToImagePipeline, "from_pretrained", classmethod(lambda cls, path: generator))
     run = tmp_path / "meg-run"
     BrainModule(BrainModuleConfig(positions=[[0, 0], [1, 1]], n_times=8, dim=4, merger_channels=4,
                                   fourier_harmonics=2, hidden=4, depth=1, features=4)).save_pretrained(run / "model")
@@ -597,10 +602,6 @@ def console_scripts() -> dict:
 
 
 def test_help_has_no_restructuredtext():
-    from mindvis.utils.cli import plain
-
-    assert plain("see :func:`mindvis.data.meeg.preprocess_window` and :class:`~a.b.Thing`, ``x=1`` or `y`") == \
-        "see mindvis.data.meeg.preprocess_window and Thing, x=1 or y"
     subcommands = {"mindvis-prep": ["hcp", "god", "bold5000", "nsd", "things-meg"],
                    "mindvis-convert": ["from-original", "to-original", "from-original-stage-b", "from-brainmagick"]}
     for name, main in console_scripts().items():
@@ -608,3 +609,7 @@ def test_help_has_no_restructuredtext():
             text = help_text(main, *([sub] if sub else []))
             for markup in ("``", ":func:", ":class:", ":mod:", ":data:", ":meth:", "`"):
                 assert markup not in text, f"{name} {sub or ''} --help shows {markup!r}"
+    from mindvis.utils.cli import plain
+
+    assert plain("see :func:`mindvis.data.meeg.preprocess_window` and :class:`~a.b.Thing`, ``x=1`` or `y`") == \
+        "see mindvis.data.meeg.preprocess_window and Thing, x=1 or y"
