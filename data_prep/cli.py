@@ -41,6 +41,9 @@ def check_out(kind: str, out: str) -> None:
     from mindvis.utils.io import atomic_write_text
 
     made = _prepared_kind(Path(out)) if Path(out).is_dir() else None
+    if made not in (None, kind) and [p.name for p in Path(out).iterdir()] == [MARKER]:
+        (Path(out) / MARKER).unlink()  # a preparation that stopped before writing anything: nothing to mix with
+        made = None
     if made not in (None, kind):
         raise DataError(f"{out} holds a mindvis-prep {made} preparation; give {kind} another --out")
     folder = check_output_folder(out, reusable=lambda d: _prepared_kind(d) == kind, flag=None)

@@ -1,8 +1,10 @@
 """Issue 25, "nothing lost, nothing mixed, no traceback": every case of the issue and the test that covers it.
 
-Each test here failed on the code before the fix (checked once against main at b0dc51d) and passes after. The MEG
-cases are in tests/test_meeg_hardening.py (its own module; names there follow ``test_case_*``); NSD's case 4 was
-fixed before this module and is tested in tests/test_nsd.py.
+Each test here (and the disk-full test in tests/test_align.py) failed when run once against main at cd14223, whose code
+has none of these fixes, and passes after. Two exceptions: the --roi-threshold test passed there already (the case-4
+fix of mindvis-prep nsd made it right; kept as a regression test), and the good-state-dict test guards the new weight
+check against refusing good files. The MEG cases are in tests/test_meeg_hardening.py (the MEG helper's module; names
+there follow ``test_case_*``); NSD's case 4 is tested in tests/test_nsd.py.
 
 | case | what | test |
 |---|---|---|
@@ -21,7 +23,7 @@ fixed before this module and is tested in tests/test_nsd.py.
 | 10 | truncated betas .nii.gz, 3-D betas HDF5, --roi-threshold -1 resumed | test_case_10_bad_nsd_release_files_are_one_line, test_case_10_roi_threshold_change_on_a_resumed_preparation |
 | 10 | --out a regular file (prep, align, scaling) | test_case_10_out_that_is_a_file |
 | 10 | truncated FIF (prep, stream), events.tsv onset, stream --input text / --events without onset / ridge run | tests/test_meeg_hardening.py::test_case_* (MEG helper) |
-| 10 | --embeddings of another dimension; samples 1-D or channel-first | test_case_6_bad_sample_values_are_refused_in_one_line |
+| 10 | --embeddings of another dimension; samples 1-D or channel-first | test_case_10_embeddings_of_another_dimension, test_case_6_bad_sample_values_are_refused_in_one_line |
 | 10 | data.pad_mode=bogus, decoder.folds=100000 | test_case_8_silently_accepted_align_settings_are_refused, test_case_10_ridge_folds_beyond_the_pairs |
 | 10 | mindvis-sample --steps -3, --num-samples 0, --batch-size 0, --limit -1, --model a brain-module run | test_case_8_and_10_sample_argument_ranges, test_case_10_sample_refuses_a_brain_module_run |
 | 10 | scaling: a cell JSON missing keys, a truncated one | test_case_10_scaling_cell_records_are_checked |
