@@ -8,6 +8,11 @@ Spaces (``--target``):
 * ``timm:NAME``: any timm model's pooled pre-logits features (weights from timm's caches);
 * ``synthetic``: for the synthetic world, the penultimate features of its cached evaluation classifier (a CNN
   trained only on renders of the world's classes, never on the test stimuli).
+* ``synthetic-tokens``: the synthetic world's token space for MindEye's recipes (the world has no CLIP): the same
+  classifier's last feature map before pooling (8 x 8 positions of 128 channels at its 32 px input), averaged over
+  2 x 2 positions into a 4 x 4 grid (a short sequence for the diffusion prior on CPU), as 16 tokens, with the pooled
+  vector (the ``synthetic`` embedding) first, as CLIP ViT's class token comes first: (N, 17, 128). Every token is
+  divided by the first token's L2 norm, as MindEye1's targets are divided by the class token's.
 
 Token spaces (MindEye's targets; (N, T, D) per image set):
 
@@ -48,13 +53,14 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 
 
 TOKEN_KINDS = ("clip-vit-l-14-tokens", "openclip-bigg-14-tokens")
+SYNTHETIC_SPACES = ("synthetic", "synthetic-tokens")  # the synthetic world's (no source after a colon)
 TARGET_KINDS = ("clip", "dinov2", "timm") + TOKEN_KINDS  # with a source after the colon; or the bare "synthetic"
 OPENCLIP_BIGG_HUB_ID = "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"  # MindEye2: arch ViT-bigG-14, laion2b_s39b_b160k
 
 
 def valid_target(space: str) -> bool:
     kind, _, src = space.partition(":")
-    return space == "synthetic" or (kind in TARGET_KINDS and bool(src))
+    return space in SYNTHETIC_SPACES or (kind in TARGET_KINDS and bool(src))
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -293,16 +299,34 @@ def synthetic_embedder(world_cfg, cache_dir=None, image_size: int = 32) -> Image
     return ImageEmbedder("synthetic", clf.net.body, image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
+def synthetic_tokens_embedder(world_cfg, cache_dir=None, image_size: int = 32) -> ImageEmbedder:
+    """``synthetic-tokens`` (see the module docstring): (N, 1 + h * w, C), the pooled feature first."""
+    from ..evaluation.classifiers import synthetic_classifier
+
+    clf = synthetic_classifier(world_cfg, image_size, cache_dir).eval()
+    spatial = clf.net.body[:-2]  # without AdaptiveAvgPool2d and Flatten: (B, C, h, w)
+
+    def tokens(x):
+        fmap = spatial(x)  # (B, C, h, w)
+        grid = F.avg_pool2d(fmap, 2).flatten(2).transpose(1, 2)  # (B, h * w / 4, C)
+        t = torch.cat((fmap.mean((2, 3))[:, None], grid), dim=1)  # the pooled vector = the classifier's embedding
+        return t / torch.norm(t[:, 0], dim=-1).clamp_min(1e-12).reshape(-1, 1, 1)
+
+    return ImageEmbedder("synthetic-tokens", tokens, image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+                         storage_dtype=np.float16)
+
+
 def load_embedder(space: str, world_cfg=None, cache_dir=None) -> ImageEmbedder:
     """The embedder of a target space (see the module docstring)."""
     kind, _, src = space.partition(":")
-    if kind == "synthetic":
+    if space in SYNTHETIC_SPACES:
         if world_cfg is None:
-            raise EmbedderUnavailable("the synthetic target space needs the synthetic world (--dataset synthetic)")
-        return synthetic_embedder(world_cfg, cache_dir)
+            raise EmbedderUnavailable(f"the {space} target space needs the synthetic world (--dataset synthetic, "
+                                      "or an NSD folder prepared from mindvis-synth)")
+        return (synthetic_embedder if space == "synthetic" else synthetic_tokens_embedder)(world_cfg, cache_dir)
     if not valid_target(space):
         raise ValueError(f"unknown target space {space!r}: use clip:SRC, dinov2:SRC, timm:NAME, "
-                         f"clip-vit-l-14-tokens:SRC, openclip-bigg-14-tokens:SRC or synthetic")
+                         f"clip-vit-l-14-tokens:SRC, openclip-bigg-14-tokens:SRC, synthetic or synthetic-tokens")
     return {"clip": clip_embedder, "dinov2": dinov2_embedder, "timm": timm_embedder,
             "clip-vit-l-14-tokens": clip_tokens_embedder, "openclip-bigg-14-tokens": openclip_tokens_embedder}[kind](src)
 
