@@ -23,6 +23,7 @@ from mindvis.training import start_run
 from mindvis.utils.io import atomic_write, atomic_write_json, atomic_write_text
 from mindvis.utils.plots import plot_loss_curves
 
+from .config import MINDEYE_DECODERS
 from .data import embed_images, gallery_images, split_test_trials, vectorised
 from .decoders import decode
 from .reports import _fmt, markdown_report, plot_averaging, retrieval_grid
@@ -38,6 +39,10 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
     """Fit, select on validation, score the test set once; returns the report."""
     t0 = time.time()
     validate(cfg)
+    if cfg.decoder.name in MINDEYE_DECODERS:  # the MindEye recipes: their own data, training and report
+        from .mindeye import align_mindeye
+
+        return align_mindeye(cfg, resume, run_name)
     tc = cfg.train
     accelerator, run_dir, main = start_run(tc, cfg.output_dir, resume, run_name, "mindvis.align")
     stage_a = None  # the SC-MBM encoder (architecture, weights), read once

@@ -28,7 +28,8 @@ def validate(cfg: DictConfig) -> None:
          "length >= 0 (0: off), step > 0"),
         (cfg.windows.length == 0 or meeg, "windows.length", cfg.windows.length, "0 for fMRI (windows cut M/EEG time)"),
         (valid_target(cfg.target), "target", cfg.target,
-         "an embedding space (unknown target space otherwise): clip:SRC, dinov2:SRC, timm:NAME or synthetic"),
+         "an embedding space (unknown target space otherwise): clip:SRC, dinov2:SRC, timm:NAME, synthetic, or the "
+         "token spaces clip-vit-l-14-tokens:SRC, openclip-bigg-14-tokens:SRC, synthetic-tokens"),
         (d.name in DECODERS, "decoder.name", d.name, f"one of {DECODERS}"),
         (lo.contrastive in CONTRASTIVE, "loss.contrastive", lo.contrastive, f"one of {CONTRASTIVE}"),
         (0 <= lo.contrastive_weight <= 1, "loss.contrastive_weight", lo.contrastive_weight, "in [0, 1]"),
@@ -59,4 +60,6 @@ def validate(cfg: DictConfig) -> None:
          "eval.mindeye_subset/mindeye_draws/show", (cfg.eval.mindeye_subset, cfg.eval.mindeye_draws, cfg.eval.show),
          "subset >= 2, draws >= 1, show >= 0"),
     ]
-    check_settings(checks)
+    from .mindeye import mindeye_checks
+
+    check_settings(checks + mindeye_checks(cfg))
