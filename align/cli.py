@@ -21,7 +21,9 @@ overrides: any config key as key=value (mindvis-align --print-config lists them 
 Unknown keys and wrong types are errors.
 
 targets: clip:SRC and dinov2:SRC (transformers; SRC a local folder or a hub id already in the cache),
-  timm:NAME (timm's caches), synthetic (the synthetic world's classifier features). Nothing is downloaded.
+  timm:NAME (timm's caches), synthetic (the synthetic world's classifier features); token spaces (MindEye):
+  clip-vit-l-14-tokens:SRC (257 x 768), openclip-bigg-14-tokens:SRC (256 x 1664), synthetic-tokens (17 x 128).
+  Nothing is downloaded.
 
 outputs in the run folder: retrieval.json / retrieval.md (every metric with its chance level), retrieval_top5.png
   (test images retrieved among the test set), gallery_top5.png (nearest gallery images), averaging.png,
@@ -52,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "matching preset. Default: synthetic")
     p.add_argument("--data-path", metavar="DIR", help="dataset folder (sets data.path)")
     p.add_argument("--decoder", choices=DECODERS, help="ridge (closed form, cross-validated penalty), mlp (MindEye's "
-                                                       "residual MLP), mbm (the SC-MBM encoder; fMRI) or brain-module "
-                                                       "(Meta's convolutional M/EEG decoder); sets decoder.name")
+                                                       "residual MLP), mbm (the SC-MBM encoder; fMRI), brain-module "
+                                                       "(Meta's convolutional M/EEG decoder), mindeye1 or mindeye2 "
+                                                       "(better through --recipe); sets decoder.name")
     p.add_argument("--windows", metavar="LEN:STEP", help="M/EEG time-resolved decoding: one decoder per window of LEN s "
                                                          "every STEP s (sets windows.length, windows.step), scored on "
                                                          "the test set: time_resolved.json / .png")

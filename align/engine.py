@@ -59,6 +59,7 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
     gallery = gallery_images(cfg, data.train)
     emb = embed_images(cfg, {"train": data.train.images, "val": data.val.images, "test": test.images,
                              "gallery": gallery})
+    emb = {k: v.reshape(len(v), -1) for k, v in emb.items()}  # token spaces (N, T, D) as one vector per image
     dim = emb["train"].shape[1]
     log.info("target %s: %d dims; %d train / %d val / %d test images", cfg.target, dim, len(emb["train"]),
              len(emb["val"]), len(emb["test"]))

@@ -37,7 +37,7 @@ from mindvis.data.fmri import DataError
 from mindvis.data.pairs import TRIAL_MARK, PairedSplit
 from mindvis.finetune.data import StageBData, build_stage_b_data, synthetic_world
 from mindvis.finetune.config import MEEG_DATASETS
-from mindvis.models.image_embedders import ImageEmbedder, cached_embeddings, load_embedder
+from mindvis.models.image_embedders import TOKEN_KINDS, ImageEmbedder, cached_embeddings, load_embedder
 from mindvis.training import start_run
 from mindvis.utils.io import atomic_dir, atomic_write, atomic_write_json, atomic_write_text
 from mindvis.utils.plots import plot_loss_curves
@@ -67,6 +67,8 @@ def mindeye_checks(cfg: DictConfig) -> list:
     return [
         (cfg.data.dataset not in MEEG_DATASETS, "decoder.name", d.name, "ridge, mlp or brain-module for M/EEG "
                                                                         "(MindEye reads fMRI)"),
+        (cfg.target == "synthetic-tokens" or cfg.target.partition(":")[0] in TOKEN_KINDS, "target", cfg.target,
+         "a token space for MindEye: clip-vit-l-14-tokens:SRC, openclip-bigg-14-tokens:SRC or synthetic-tokens"),
         (cfg.loss.contrastive == "mindeye", "loss.contrastive", cfg.loss.contrastive,
          "mindeye for the MindEye recipes (BiMixCo for loss.mixup_fraction of the epochs, then SoftCLIP; 0 or 1 "
          "gives one of them alone)"),
@@ -318,18 +320,21 @@ def _print_done(report: dict, run_dir: Path) -> None:
 
 
 def _init_network(cfg: DictConfig, subjects: list[SubjectTrials], tokens: int, dim: int, blurry_channels: int):
-    """(network, prior, note): fresh, or (mindeye.init) a MindEye2 model whose subjects are replaced by this run's:
-    the reference's new-subject loading keeps every weight except the adapters' weights (a new adapter's bias
-    starts as the model's first adapter's bias, as ``load_ckpt(..., multisubj_loading=True)`` leaves it)."""
+    """(network, prior, note): fresh from the settings, or (mindeye.init) a MindEye2 model, its sizes kept, whose
+    subjects are replaced by this run's: the reference's new-subject loading keeps every weight except the adapters'
+    weights (a new adapter's bias starts as the model's first adapter's bias, as its ``load_ckpt(...,
+    multisubj_loading=True)`` leaves it)."""
+    import dataclasses
+
+    from mindvis.models.mindeye2 import MindEye2Network
+    from mindvis.models.mindeye_prior import MindEyePrior
+
     me, family = cfg.mindeye, cfg.decoder.name
     names = [s.name for s in subjects]
-    network = build_network(me, family, [s.num_voxels for s in subjects], tokens, dim, names, blurry_channels)
-    prior = None
-    if me.prior:
-        from mindvis.models.mindeye_prior import MindEyePrior
-
-        prior = MindEyePrior(prior_config(me, family, tokens, dim))
+    voxels = [s.num_voxels for s in subjects]
     if not me.init:
+        network = build_network(me, family, voxels, tokens, dim, names, blurry_channels)
+        prior = MindEyePrior(prior_config(me, family, tokens, dim)) if me.prior else None
         return network, prior, "trained from a random initialisation"
     src = Path(me.init)
     src = src / "model" if (src / "model" / "mindeye.json").is_file() else src
@@ -337,17 +342,18 @@ def _init_network(cfg: DictConfig, subjects: list[SubjectTrials], tokens: int, d
     if saved["family"] != "mindeye2":
         raise DataError(f"mindeye.init {me.init}: a {saved['family']} model; new-subject fine-tuning loads MindEye2")
     old = saved["network"]
+    if (old.config.tokens, old.config.clip_dim) != (tokens, dim):
+        raise DataError(f"mindeye.init {me.init}: its network outputs {old.config.tokens} x {old.config.clip_dim} "
+                        f"tokens, target={cfg.target} gives {tokens} x {dim}")
+    network = MindEye2Network(dataclasses.replace(old.config, num_voxels=voxels, subjects=names))
     state = {k: v for k, v in old.state_dict().items() if not k.startswith("adapters.")}
-    ours = network.state_dict()
-    bad = [k for k, v in state.items() if k not in ours or ours[k].shape != v.shape]
-    if bad:
-        raise DataError(f"mindeye.init {me.init}: its network does not fit this run's settings and targets "
-                        f"(e.g. {bad[0]} {tuple(state[bad[0]].shape)}); sizes come from the saved model")
+    fresh = network.state_dict()
     for k in range(len(network.adapters)):
-        state[f"adapters.{k}.weight"] = ours[f"adapters.{k}.weight"]
+        state[f"adapters.{k}.weight"] = fresh[f"adapters.{k}.weight"]
         state[f"adapters.{k}.bias"] = old.adapters[0].bias.detach().clone()
     network.load_state_dict(state)
-    if prior is not None:
+    prior = None
+    if me.prior:
         if saved["prior"] is None:
             raise DataError(f"mindeye.init {me.init}: the model has no prior (set mindeye.prior=false)")
         prior = saved["prior"]
@@ -357,7 +363,8 @@ def _init_network(cfg: DictConfig, subjects: list[SubjectTrials], tokens: int, d
         if prior is not None:
             prior.requires_grad_(False)
     return network, prior, (f"fine-tuned from {me.init} as a new subject "
-                            f"({'every parameter' if me.finetune == 'full' else 'the adapter alone'} trained)")
+                            f"({'every parameter' if me.finetune == 'full' else 'the adapter alone'} trained; sizes "
+                            "of the saved model)")
 
 
 def align_mindeye(cfg: DictConfig, resume: str | Path | None = None, run_name: str | None = None) -> dict:

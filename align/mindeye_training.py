@@ -274,6 +274,16 @@ def blur_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return torch.stack(out)
 
 
+def teacher_images(subjects: list[SubjectTrials], imgs: list[np.ndarray], size: int) -> torch.Tensor:
+    """The batch's images in [0, 1] at ``size`` px (MindEye2's images are 224 px), for the teacher and its
+    augmented copy."""
+    pics = torch.cat([torch.from_numpy(np.ascontiguousarray(subjects[k].images[i])) for k, i in enumerate(imgs)])
+    pics = pics.permute(0, 3, 1, 2).float().div(255)
+    if pics.shape[-1] != size or pics.shape[-2] != size:
+        pics = F.interpolate(pics, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return pics.clamp(0, 1)
+
+
 # ------------------------------------------------------------------------------------------------ forward passes
 
 
@@ -389,8 +399,7 @@ def train_mindeye(cfg: DictConfig, family: str, subjects: list[SubjectTrials], n
                     blur = l1
                     parts_log["blurry_l1"] = l1
                     if teacher is not None:
-                        pics = torch.cat([torch.from_numpy(np.ascontiguousarray(subjects[k].images[i]))
-                                          for k, i in enumerate(imgs)]).permute(0, 3, 1, 2).float().div(255)
+                        pics = teacher_images(subjects, imgs, me.blurry_image_size)
                         with torch.no_grad():
                             t_feat = teacher.fn(pics.to(dev))
                             t_aug = teacher.fn(blur_augment(pics, aug_gen).to(dev))

@@ -408,3 +408,35 @@ def test_conversion_errors_are_one_line(tmp_path, capsys):
     assert not any((tmp_path / n).exists() for n in "abcd")
     assert convert_main(["from-mindeye1", str(src), str(out), "--overwrite"]) == 0  # replaced once complete
     assert (out / "model" / "mindeye.json").is_file() and not (out / "keep.txt").exists()
+
+
+# --------------------------------------------------------------------------------------------- full size (slow)
+
+
+@pytest.mark.slow
+def test_full_size_training_steps_on_cpu():
+    """MindEye1 at full size (h 4096, 257 x 768 tokens, its prior): one training step of the recipe's loss at batch 2
+    in fp32; MindEye2 (h 4096, the bigG prior, the blurry branch): one step in bf16 weights (its fp32 weights and
+    gradients alone take 17.9 GB). SGD, so no optimiser state (bench/bench_mindeye_memory.py has the numbers)."""
+    from mindvis.align.mindeye_training import forward_batch
+    from mindvis.contrastive import soft_clip_loss
+    from mindvis.models.mindeye1 import MindEye1Network
+    from mindvis.models.mindeye2 import MindEye2Network
+    from mindvis.models.mindeye_prior import MindEyePrior, MindEyePriorConfig, mindeye2_prior_config
+
+    torch.set_num_threads(2)
+    for family, dtype in (("mindeye1", torch.float32), ("mindeye2", torch.bfloat16)):
+        torch.manual_seed(0)
+        net = (MindEye1Network() if family == "mindeye1" else MindEye2Network()).to(dtype)
+        prior = MindEyePrior(MindEyePriorConfig() if family == "mindeye1" else mindeye2_prior_config()).to(dtype)
+        params = list(net.parameters()) + list(prior.parameters())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = forward_batch(family, net, [torch.randn(2, 15724, dtype=dtype)], [0])
+            y = torch.randn_like(out["regression"])
+            loss = soft_clip_loss(out["contrastive"], y, 0.006) + 30 * prior.loss(y, out["regression"])[0]
+            if "blurry" in out:
+                loss = loss + 0.5 * out["blurry"].abs().mean()
+        loss.backward()
+        torch.optim.SGD(params, lr=1e-6).step()
+        assert torch.isfinite(loss) and all(p.grad is not None for p in net.parameters())
+        del net, prior, params, out
