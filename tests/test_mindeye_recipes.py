@@ -24,7 +24,7 @@ NSD_WORLD = {**TINY_WORLD, "nsd_subjects": 2, "nsd_sessions": 1, "nsd_shared": 1
 #: the synthetic recipes narrowed further, for seconds
 TINY = ["mindeye.hidden=32", "mindeye.blocks=1", "mindeye.projector_hidden=16", "mindeye.prior_depth=1",
         "mindeye.prior_timesteps=10", "mindeye.prior_sample_steps=0", "train.batch_size=16", "train.epochs=3",
-        "train.lr=1e-3", "data.max_train=96", "eval.show=2", "eval.mindeye_subset=5", "eval.mindeye_draws=2"]
+        "train.lr=1e-3", "data.max_train=64", "eval.show=2", "eval.mindeye_subset=5", "eval.mindeye_draws=2"]
 TINY_BLURRY = ["mindeye.blurry_channels=8", "mindeye.blurry_decoder_channels=[8,8,8]", "mindeye.blurry_norm_groups=4",
                "mindeye.blurry_maps_hidden=16"]
 
@@ -268,13 +268,13 @@ def test_mindeye1_synthetic_recipe_runs_end_to_end(nsd, tmp_path, cache_dir):
 def test_resume_repeats_the_uninterrupted_run(nsd, tmp_path, cache_dir):
     from safetensors.torch import load_file
 
-    args = ["--recipe", "mindeye1-synthetic", "--data-path", str(nsd[0]), *TINY, "train.epochs=4",
+    args = ["--recipe", "mindeye1-synthetic", "--data-path", str(nsd[0]), *TINY, "loss.mixup_fraction=0.5",
             "train.checkpoint_every=2", "train.keep_checkpoints=3", "mindeye.prior_sample_test=false"]
     runs = [_run(tmp_path, cache_dir, name, *args)[1] for name in ("whole", "cut")]
     ckpts = runs[1] / "checkpoints"
     import shutil
 
-    shutil.rmtree(ckpts / "epoch-0004")
+    shutil.rmtree(ckpts / "epoch-0003")
     (ckpts / "latest").write_text("epoch-0002\n")
     assert align_main(["--resume", str(runs[1])]) == 0
     for part in ("network", "prior"):
@@ -291,7 +291,7 @@ def test_mindeye2_multi_subject_then_a_new_subject(nsd, tmp_path, cache_dir, mon
     flags = []
     real = mt.mixco_subjects
     monkeypatch.setattr(mt, "mixco_subjects", lambda *a, **k: flags.append(a[-1]) or real(*a, **k))
-    common = ["--recipe", "mindeye2-synthetic", *TINY, *TINY_BLURRY, "train.epochs=4"]  # 1 BiMixCo epoch of 4
+    common = ["--recipe", "mindeye2-synthetic", *TINY, *TINY_BLURRY, "loss.mixup_fraction=0.5"]  # BiMixCo: epoch 1
     rc, multi = _run(tmp_path, cache_dir, "multi", *common, "--data-path", str(nsd[1]),
                      f"mindeye.subjects=[{nsd[0]}]", "mindeye.reference_bug=true")
     assert rc == 0 and flags and all(flags)  # the flag reaches the multi-subject BiMixCo
@@ -303,7 +303,7 @@ def test_mindeye2_multi_subject_then_a_new_subject(nsd, tmp_path, cache_dir, mon
     changed = {}
     for mode in ("full", "adapter"):
         rc, run = _run(tmp_path, cache_dir, mode, *common, "--data-path", str(nsd[0]), f"mindeye.init={multi}",
-                       f"mindeye.finetune={mode}", "train.epochs=3")
+                       f"mindeye.finetune={mode}")
         assert rc == 0
         new = load_converted(run / "model")
         old_sd, new_sd = base["network"].state_dict(), new["network"].state_dict()
