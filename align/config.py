@@ -125,6 +125,7 @@ class MindEyeSettings:
     onecycle_warmup_epochs: float = 2.0
     final_div_factor: float = 1000.0
     # data
+    image_augment: bool = False  # MindEye1: targets computed every step from augmented images (crop, flip, jitter)
     repetitions: str = "cycle"  # MindEye1 training: cycle (batch i uses repetition i % 3) | average (their mean)
     test_average: str = "outputs"  # outputs (MindEye2: model outputs of each repetition averaged) | fmri (MindEye1)
     select: str = "last"  # last (the references) | validation (train.select_metric on data.val_fraction carved)

@@ -407,8 +407,10 @@ def align_mindeye(cfg: DictConfig, resume: str | Path | None = None, run_name: s
     extra = {"subjects": names, "target": cfg.target}
     save_fn = lambda folder, net, pr: save_model_folder(folder, family, net, pr, extra=extra)
     val_fn = validation_scorer(family, target.val, emb, me) if len(target.val) >= 2 else None
+    online = embedder.to(accelerator.device) if me.image_augment else None
     network, prior, history, best = train_mindeye(cfg, family, subjects, network, prior, accelerator, run_dir, main,
-                                                  bool(resume), val_fn, teacher, save_fn)
+                                                  bool(resume), val_fn, teacher, save_fn, online)
+    embedder.to("cpu")
     report = {}
     if main:
         save_fn(run_dir / "model", network, prior)

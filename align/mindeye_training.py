@@ -274,6 +274,55 @@ def blur_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return torch.stack(out)
 
 
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+
+
+def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Per-image hue rotation (fractions of a turn) through HSV, batched."""
+    r, g, b = x.unbind(1)
+    mx, arg = x.max(1)
+    mn = x.min(1).values
+    delta = mx - mn
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    h = torch.where(arg == 0, ((g - b) / safe) % 6, torch.where(arg == 1, (b - r) / safe + 2, (r - g) / safe + 4)) / 6
+    h = torch.where(delta > 0, h, torch.zeros_like(h))
+    s = torch.where(mx > 0, delta / torch.where(mx > 0, mx, torch.ones_like(mx)), torch.zeros_like(mx))
+    h = (h + shift.view(-1, 1, 1)) % 1.0
+    k = lambda n: (n + h * 6) % 6
+    f = lambda n: mx - mx * s * torch.clamp(torch.minimum(k(n), 4 - k(n)), 0, 1)
+    return torch.stack((f(5), f(3), f(1)), dim=1)
+
+
+def mindeye1_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """MindEye1's training augmentation on (B, 3, S, S) images in [0, 1], per image, batched: RandomResizedCrop to
+    S (scale 0.6-1, ratio 3/4-4/3, p 0.3; bilinear, else the image as is), horizontal flip (p 0.5), colour jitter
+    (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, p 0.3), grayscale (p 0.3) -- kornia's
+    AugmentationSequential of the reference, written with torch."""
+    b, _, hgt, wid = x.shape
+    u = lambda: torch.rand(b, generator=generator)
+    crop, area, logr = u() < 0.3, 0.6 + 0.4 * u(), math.log(3 / 4) + math.log(16 / 9) * u()
+    w = torch.sqrt(area * logr.exp() * hgt / wid).clamp(max=1)  # the crop's fraction of the width / height
+    h = torch.sqrt(area / logr.exp() * wid / hgt).clamp(max=1)
+    w, h = torch.where(crop, w, torch.ones_like(w)), torch.where(crop, h, torch.ones_like(h))
+    cx, cy = (2 * u() - 1) * (1 - w), (2 * u() - 1) * (1 - h)
+    flip = torch.where(u() < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * flip, cx, h, cy
+    grid = F.affine_grid(theta.to(x), [b, 3, hgt, wid], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    jitter = (u() < 0.3).view(-1, 1, 1, 1)
+    bright, contrast, sat, hue = 0.6 + 0.8 * u(), 0.6 + 0.8 * u(), 0.8 + 0.4 * u(), 0.2 * u() - 0.1
+    y = (x * bright.view(-1, 1, 1, 1)).clamp(0, 1)
+    m = _gray(y).mean((1, 2, 3), keepdim=True)
+    y = ((y - m) * contrast.view(-1, 1, 1, 1) + m).clamp(0, 1)
+    g = _gray(y)
+    y = ((y - g) * sat.view(-1, 1, 1, 1) + g).clamp(0, 1)
+    y = _shift_hue(y, hue).clamp(0, 1)
+    x = torch.where(jitter, y, x)
+    return torch.where((u() < 0.3).view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+
+
 def teacher_images(subjects: list[SubjectTrials], imgs: list[np.ndarray], size: int) -> torch.Tensor:
     """The batch's images in [0, 1] at ``size`` px (MindEye2's images are 224 px), for the teacher and its
     augmented copy."""
@@ -320,11 +369,13 @@ class Teacher:
 
 def train_mindeye(cfg: DictConfig, family: str, subjects: list[SubjectTrials], network, prior, accelerator,
                   run_dir: Path, main: bool, resume: bool, validate_fn=None, teacher: Teacher | None = None,
-                  save_fn=None) -> tuple:
+                  save_fn=None, online_target=None) -> tuple:
     """Train ``network`` (and ``prior``) on ``subjects`` (the first is the run's subject) with the recipe of
     ``cfg``; returns (network, prior, history, best). ``validate_fn(network, prior) -> scores`` runs every
     ``train.val_every`` epochs when ``mindeye.select=validation`` (the best epoch's models are kept in ``best/``);
-    ``save_fn(folder, network, prior)`` writes a model folder."""
+    ``save_fn(folder, network, prior)`` writes a model folder. ``online_target`` (an ImageEmbedder): the targets
+    are computed every step from augmented images (``mindeye.image_augment``, MindEye1) instead of read from the
+    cache."""
     tc, lo, me = cfg.train, cfg.loss, cfg.mindeye
     if accelerator.num_processes > 1:
         raise RuntimeError("MindEye recipes train in one process (multi-GPU training is not implemented)")
@@ -373,7 +424,11 @@ def train_mindeye(cfg: DictConfig, family: str, subjects: list[SubjectTrials], n
             else:
                 imgs = [subjects[k].image_of_trial[t] for k, t in enumerate(parts)]
                 xs = [_f32(subjects[k].fmri, t).to(dev) for k, t in enumerate(parts)]
-            y = torch.cat([_f32(subjects[k].targets, i) for k, i in enumerate(imgs)]).to(dev)
+            if online_target is not None:  # MindEye1: targets of augmented images, computed every step
+                pics = teacher_images(subjects, imgs, online_target.size)
+                y = online_target.embed_float(mindeye1_augment(pics, aug_gen)).float().to(dev)
+            else:
+                y = torch.cat([_f32(subjects[k].targets, i) for k, i in enumerate(imgs)]).to(dev)
             perm_mix = betas = None
             if name == "bimixco":
                 if family == "mindeye1":

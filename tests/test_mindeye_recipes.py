@@ -52,6 +52,7 @@ REFERENCE = {
                  "mindeye.clip_scale": 1.0, "mindeye.prior_scale": 30.0, "mindeye.softclip_start": 0.004,
                  "mindeye.softclip_end": 0.0075, "mindeye.onecycle_warmup_epochs": 2.0,
                  "mindeye.final_div_factor": 1000.0, "mindeye.repetitions": "cycle", "mindeye.test_average": "fmri",
+                 "mindeye.image_augment": True,
                  "mindeye.select": "last", "data.val_fraction": 0.0,
                  "target": "clip-vit-l-14-tokens:openai/clip-vit-large-patch14"},
     "mindeye2": {"decoder.name": "mindeye2", "train.epochs": 150, "train.batch_size": 24, "train.lr": 3e-4,
@@ -65,6 +66,7 @@ REFERENCE = {
                  "mindeye.blurry_temperature": 0.2, "mindeye.softclip_start": 0.004, "mindeye.softclip_end": 0.0075,
                  "mindeye.onecycle_warmup_epochs": 2.0, "mindeye.final_div_factor": 1000.0,
                  "mindeye.test_average": "outputs", "mindeye.select": "last", "mindeye.finetune": "full",
+                 "mindeye.image_augment": False,
                  "mindeye.reference_bug": False, "mindeye.blurry": True, "mindeye.blurry_side": 7,
                  "mindeye.blurry_channels": 64, "mindeye.blurry_decoder_channels": [32, 64, 128],
                  "mindeye.blurry_maps_dim": 512, "mindeye.blurry_image_size": 224, "data.val_fraction": 0.0,
@@ -155,6 +157,18 @@ def test_mindeye1_cycles_one_repetition_per_batch():
                       np.zeros((4, 2, 2, 3), np.uint8))
     assert [list(cycle_trials(s, np.array([0, 1, 2, 3]), k)) for k in range(4)] == [
         [0, 1, 3, 8], [2, 4, 6, 8], [5, 7, 3, 8], [0, 1, 3, 8]]
+
+
+def test_mindeye1_augmentation_is_per_image_and_seeded():
+    from mindvis.align.mindeye_training import mindeye1_augment
+
+    x = torch.rand(64, 3, 16, 16)
+    a, b = (mindeye1_augment(x, torch.Generator().manual_seed(3)) for _ in range(2))
+    assert torch.equal(a, b) and a.shape == x.shape and 0 <= a.min() and a.max() <= 1
+    same = [(a[i] - x[i]).abs().max() < 1e-5 for i in range(64)]
+    assert 3 <= sum(same) <= 30  # untouched with p 0.7 * 0.5 * 0.7 * 0.7 ~ 0.17 (no crop, flip, jitter, gray)
+    gray = [torch.allclose(a[i, 0], a[i, 1]) and torch.allclose(a[i, 1], a[i, 2]) for i in range(64)]
+    assert 8 <= sum(gray) <= 35  # grayscale with p 0.3
 
 
 def test_test_time_averaging_is_the_references():

@@ -75,8 +75,9 @@ class ImageEmbedder:
     cache stores the outputs (float16 for token spaces)."""
 
     def __init__(self, name: str, fn, size: int, mean, std, batch_size: int = 32, preprocess=None,
-                 storage_dtype=np.float32):
+                 storage_dtype=np.float32, module=None):
         self.name, self.fn, self.size, self.batch_size = name, fn, size, batch_size
+        self.module = module  # the network behind ``fn`` (moved with ``to``), if any
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.preprocess = preprocess
@@ -87,7 +88,21 @@ class ImageEmbedder:
             return self.preprocess(x)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", antialias=True, align_corners=False)
-        return (x.clamp(0, 1) - self.mean) / self.std
+        return (x.clamp(0, 1) - self.mean.to(x)) / self.std.to(x)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device if self.module is not None else torch.device("cpu")
+
+    def to(self, device) -> "ImageEmbedder":
+        if self.module is not None:
+            self.module.to(device)
+        return self
+
+    @torch.no_grad()
+    def embed_float(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs for float images (B, 3, H, W) in [0, 1] on the embedder's device (online targets)."""
+        return self.fn(self._prepare(x.to(self.device)))
 
     @torch.no_grad()
     def batches(self, images: np.ndarray):
@@ -96,7 +111,7 @@ class ImageEmbedder:
             raise ValueError(f"expected images (N, H, W, 3), got {images.shape}")
         for i in range(0, len(images), self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[i:i + self.batch_size])).permute(0, 3, 1, 2).float() / 255
-            yield i, self.fn(self._prepare(x)).float().numpy()
+            yield i, self.embed_float(x).float().cpu().numpy()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return np.concatenate([out for _, out in self.batches(images)])
@@ -192,7 +207,8 @@ def clip_tokens_embedder(src: str, batch_size: int = 16) -> ImageEmbedder:
         return emb / torch.norm(emb[:, 0], dim=-1).reshape(-1, 1, 1)
 
     return ImageEmbedder(f"clip-vit-l-14-tokens:{src}", tokens, size, CLIP_MEAN, CLIP_STD, batch_size,
-                         preprocess=lambda x: mindeye1_clip_preprocess(x, size), storage_dtype=np.float16)
+                         preprocess=lambda x: mindeye1_clip_preprocess(x, size), storage_dtype=np.float16,
+                         module=model)
 
 
 def _import_open_clip():
@@ -268,7 +284,7 @@ def openclip_tokens_embedder(src: str, batch_size: int = 8) -> ImageEmbedder:
     size = size if isinstance(size, int) else size[0]
     return ImageEmbedder(f"openclip-bigg-14-tokens:{src}", lambda x: visual(x)[1], size, CLIP_MEAN, CLIP_STD,
                          batch_size, preprocess=lambda x: mindeye2_openclip_preprocess(x, size),
-                         storage_dtype=np.float16)
+                         storage_dtype=np.float16, module=visual)
 
 
 def dinov2_embedder(src: str) -> ImageEmbedder:
@@ -313,7 +329,7 @@ def synthetic_tokens_embedder(world_cfg, cache_dir=None, image_size: int = 32) -
         return t / torch.norm(t[:, 0], dim=-1).clamp_min(1e-12).reshape(-1, 1, 1)
 
     return ImageEmbedder("synthetic-tokens", tokens, image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
-                         storage_dtype=np.float16)
+                         storage_dtype=np.float16, module=spatial)
 
 
 def load_embedder(space: str, world_cfg=None, cache_dir=None) -> ImageEmbedder:
