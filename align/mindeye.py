@@ -51,7 +51,6 @@ from .scoring import score_split
 
 log = logging.getLogger("mindvis.align")
 
-FAMILY_CLASSES = {"mindeye1": "MindEye1Network", "mindeye2": "MindEye2Network"}
 
 
 # ------------------------------------------------------------------------------------------------ settings

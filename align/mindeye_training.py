@@ -147,7 +147,8 @@ def multi_subject_batches(subjects: list[SubjectTrials], batch_size: int, steps:
 def steps_per_epoch(family: str, subjects: list[SubjectTrials], batch_size: int) -> int:
     if family == "mindeye1":
         return max(1, len(subjects[0].targets) // batch_size)
-    return max(1, len(subjects[0].fmri) // batch_size)
+    per_subject = batch_size // len(subjects)
+    return max(1, len(subjects[0].fmri) // (per_subject * len(subjects)))
 
 
 # ------------------------------------------------------------------------------------------------ the models

@@ -135,7 +135,7 @@ def one(task: str) -> dict:
     loss = step_loss(recipe, net, prior, batch, dtype)
     loss.backward()
     opt.step()
-    return {"seconds": time.time() - t1, "dtype": str(dtype).split(".")[-1], "batch": batch, "loss": float(loss)}
+    return {"seconds": time.time() - t1, "dtype": str(dtype).split(".")[-1], "batch": batch, "loss": loss.item()}
 
 
 def run_child(task: str) -> dict:

@@ -12,7 +12,8 @@ for each seed, every arm on subject 1; the test set (the 50 shared images) is sc
 * mindeye1: ``--recipe mindeye1-synthetic`` (the last epoch, as the reference; all training images);
 * mindeye2: ``--recipe mindeye2-synthetic`` on subjects 2 and 3 (multi-subject batches), then subject 1 as a new
   subject fine-tuned from it (every parameter; the reference's flow); seconds are the two runs together. Also the
-  single-subject run from scratch (``mindeye2, subject 1 alone``).
+  single-subject run from scratch (``mindeye2, subject 1 alone``), the new subject's adapter alone fine-tuned from
+  the same multi-subject run, and MindEye1 without its image augmentation.
 
 The machine's load average is recorded with every run. A rerun reuses finished runs.
 
@@ -135,12 +136,22 @@ def arms(subjects: list[Path], seed: int) -> list[tuple[str, str, list[list[str]
         ("mindeye2, subjects 2-3 then subject 1 (fine-tuned)", "synthetic-tokens",
          [["--recipe", "mindeye2-synthetic", "--data-path", s2, f"mindeye.subjects=[{s3}]", *me],
           ["--recipe", "mindeye2-synthetic", "--data-path", s1, "mindeye.init={prev}", *me]]),
+        ("mindeye1, no image augmentation", "synthetic-tokens",
+         [["--recipe", "mindeye1-synthetic", "--data-path", s1, "mindeye.image_augment=false", *me]]),
+        ("mindeye2, subjects 2-3 then subject 1 (adapter only)", "synthetic-tokens",
+         [["--recipe", "mindeye2-synthetic", "--data-path", s2, f"mindeye.subjects=[{s3}]", *me],
+          ["--recipe", "mindeye2-synthetic", "--data-path", s1, "mindeye.init={prev}", "mindeye.finetune=adapter",
+           *me]]),
     ]
 
 
 def run_name(arm: str, target: str, seed: int, k: int) -> str:
-    short = {"mindeye2, subject 1 alone": "mindeye2-single", "mindeye2, subjects 2-3 then subject 1 (fine-tuned)":
-             "mindeye2-ft"}.get(arm, arm)
+    short = {"mindeye2, subject 1 alone": "mindeye2-single",
+             "mindeye2, subjects 2-3 then subject 1 (fine-tuned)": "mindeye2-ft",
+             "mindeye1, no image augmentation": "mindeye1-noaug",
+             "mindeye2, subjects 2-3 then subject 1 (adapter only)": "mindeye2-adapter"}.get(arm, arm)
+    if short == "mindeye2-adapter" and k == 0:
+        short = "mindeye2-ft"  # the same multi-subject run
     return f"{short}-{target}-s{seed}" + (f"-{k}" if k else "")
 
 
