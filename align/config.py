@@ -7,7 +7,9 @@ from typing import List
 from mindvis.finetune.config import DataConfig
 from mindvis.models.ridge import DEFAULT_ALPHAS
 
-DECODERS = ("ridge", "mlp", "mbm", "brain-module")
+DECODERS = ("ridge", "mlp", "mbm", "brain-module", "mindeye1", "mindeye2")
+MINDEYE_DECODERS = ("mindeye1", "mindeye2")  # trained by align/mindeye_training.py (the recipes)
+RECIPES = ("mindeye1", "mindeye2", "mindeye1-synthetic", "mindeye2-synthetic")  # --recipe: presets of that name
 CONTRASTIVE = ("clip", "bimixco", "softclip", "mindeye", "none")
 
 
@@ -95,6 +97,60 @@ class WindowsConfig:
 
 
 @dataclass
+class MindEyeSettings:
+    """MindEye1 / MindEye2 (``decoder.name=mindeye1|mindeye2``): the networks, their diffusion prior and what the
+    recipes set beyond ``train.*`` and ``loss.*``. Defaults are the references' (configs/align/mindeye{1,2}.yaml);
+    token count and width come from the target space."""
+    # the network (MindEye1Network / MindEye2Network)
+    hidden: int = 4096
+    blocks: int = 4
+    projector_hidden: int = 2048  # MindEye1's per-token projector (MindEye2's clip_proj is the token width)
+    input_dropout: float = 0.5  # MindEye1
+    block_dropout: float = 0.15  # MindEye1 blocks; MindEye2 mixer blocks
+    # the diffusion prior (MindEyePrior): heads = token width // prior_dim_head (768 // 64 = 12, 1664 // 52 = 32)
+    prior: bool = True
+    prior_depth: int = 6
+    prior_dim_head: int = 64
+    prior_timesteps: int = 100
+    prior_cond_drop: float = 0.2
+    prior_embed_scale: float = 0.0  # targets x this in the diffusion; 0: the family's (MindEye1 sqrt(D), MindEye2 1)
+    prior_sample_steps: int = 0  # test-time sampling; 0: the family's (MindEye1 100 ancestral, MindEye2 20 DDIM)
+    prior_sample_test: bool = True  # sample the prior on the test set (retrieval of its outputs in the report)
+    # the loss: clip_scale * contrastive + prior_scale * prior (+ blur_scale * (L1 + 0.1 * contrastive), MindEye2)
+    clip_scale: float = 1.0
+    prior_scale: float = 30.0
+    softclip_start: float = 0.004  # SoftCLIP temperature, cosine from start to end over the SoftCLIP epochs
+    softclip_end: float = 0.0075
+    # the schedule: OneCycleLR(max_lr=train.lr, total_steps=epochs * steps, pct_start=warmup_epochs / epochs, ...)
+    onecycle_warmup_epochs: float = 2.0
+    final_div_factor: float = 1000.0
+    # data
+    image_augment: bool = False  # MindEye1: targets computed every step from augmented images (crop, flip, jitter)
+    repetitions: str = "cycle"  # MindEye1 training: cycle (batch i uses repetition i % 3) | average (their mean)
+    test_average: str = "outputs"  # outputs (MindEye2: model outputs of each repetition averaged) | fmri (MindEye1)
+    select: str = "last"  # last (the references) | validation (train.select_metric on data.val_fraction carved)
+    # MindEye2: more subjects trained jointly (prepared NSD folders), batches of equal shares per subject
+    subjects: List[str] = field(default_factory=list)
+    reference_bug: bool = False  # multi-subject BiMixCo partners without subject offsets, as MindEye2's notebook
+    init: str = ""  # MindEye2: a model to fine-tune as a new subject (an align run or a mindvis-convert folder)
+    finetune: str = "full"  # full (the reference: every parameter trains) | adapter (only the new subject's adapter)
+    # MindEye2's low-level ("blurry") branch
+    blurry: bool = True
+    blurry_target: str = ""  # a diffusers AutoencoderKL folder (Stable Diffusion's VAE) | pixels (synthetic world)
+    blurry_teacher: str = ""  # feature maps for its contrastive term: synthetic | "" (term off, logged)
+    blurry_image_size: int = 224  # images given to the VAE (MindEye2: 224 px)
+    blur_scale: float = 0.5
+    blurry_contrastive_weight: float = 0.1
+    blurry_temperature: float = 0.2
+    blurry_channels: int = 64
+    blurry_side: int = 7  # the grid the decoder upsamples 4x (7 -> 28: SD latents of 224 px)
+    blurry_decoder_channels: List[int] = field(default_factory=lambda: [32, 64, 128])
+    blurry_norm_groups: int = 32
+    blurry_maps_hidden: int = 512
+    blurry_maps_dim: int = 512
+
+
+@dataclass
 class AlignConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -102,5 +158,6 @@ class AlignConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(include_test_trials=True))
     windows: WindowsConfig = field(default_factory=WindowsConfig)
+    mindeye: MindEyeSettings = field(default_factory=MindEyeSettings)
     target: str = "synthetic"  # clip:SRC | dinov2:SRC | timm:NAME | synthetic (mindvis.models.image_embedders)
     output_dir: str = "runs/align"

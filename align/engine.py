@@ -23,6 +23,7 @@ from mindvis.training import start_run
 from mindvis.utils.io import atomic_write, atomic_write_json, atomic_write_text
 from mindvis.utils.plots import plot_loss_curves
 
+from .config import MINDEYE_DECODERS
 from .data import embed_images, gallery_images, split_test_trials, vectorised
 from .decoders import decode
 from .reports import _fmt, markdown_report, plot_averaging, retrieval_grid
@@ -38,6 +39,10 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
     """Fit, select on validation, score the test set once; returns the report."""
     t0 = time.time()
     validate(cfg)
+    if cfg.decoder.name in MINDEYE_DECODERS:  # the MindEye recipes: their own data, training and report
+        from .mindeye import align_mindeye
+
+        return align_mindeye(cfg, resume, run_name)
     tc = cfg.train
     accelerator, run_dir, main = start_run(tc, cfg.output_dir, resume, run_name, "mindvis.align")
     stage_a = None  # the SC-MBM encoder (architecture, weights), read once
@@ -54,6 +59,7 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
     gallery = gallery_images(cfg, data.train)
     emb = embed_images(cfg, {"train": data.train.images, "val": data.val.images, "test": test.images,
                              "gallery": gallery})
+    emb = {k: v.reshape(len(v), -1) for k, v in emb.items()}  # token spaces (N, T, D) as one vector per image
     dim = emb["train"].shape[1]
     log.info("target %s: %d dims; %d train / %d val / %d test images", cfg.target, dim, len(emb["train"]),
              len(emb["val"]), len(emb["test"]))

@@ -39,7 +39,8 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
          "length >= 0 (0: off), step > 0"),
         (cfg.windows.length == 0 or meeg, "windows.length", cfg.windows.length, "0 for fMRI (windows cut M/EEG time)"),
         (valid_target(cfg.target), "target", cfg.target,
-         "an embedding space (unknown target space otherwise): clip:SRC, dinov2:SRC, timm:NAME or synthetic"),
+         "an embedding space (unknown target space otherwise): clip:SRC, dinov2:SRC, timm:NAME, synthetic, or the "
+         "token spaces clip-vit-l-14-tokens:SRC, openclip-bigg-14-tokens:SRC, synthetic-tokens"),
         (d.name in DECODERS, "decoder.name", d.name, f"one of {DECODERS}"),
         (lo.contrastive in CONTRASTIVE, "loss.contrastive", lo.contrastive, f"one of {CONTRASTIVE}"),
         (0 <= lo.contrastive_weight <= 1, "loss.contrastive_weight", lo.contrastive_weight, "in [0, 1]"),
@@ -78,4 +79,6 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
         (da.max_train >= 0, "data.max_train", da.max_train, ">= 0 (0: all training pairs)"),
         (da.meeg_subject >= 1, "data.meeg_subject", da.meeg_subject, ">= 1"),
     ]
-    check_settings([(ok, prefix + key, value, allowed) for ok, key, value, allowed in checks])
+    from .mindeye import mindeye_checks
+
+    check_settings([(ok, prefix + key, value, allowed) for ok, key, value, allowed in checks + mindeye_checks(cfg)])

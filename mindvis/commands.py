@@ -84,7 +84,8 @@ def synth_main(argv=None) -> int:
 
 def convert_main(argv=None) -> int:
     """Convert checkpoints between the original MinD-Vis .pth format and mindvis folders: SC-MBM (stage A) both ways,
-    and a released stage-B DC-LDM into a folder that mindvis-sample reads."""
+    a released stage-B DC-LDM into a folder that mindvis-sample reads, brainmagick's brain module, and the released
+    MindEye1 / MindEye2 checkpoints into run folders that mindvis-align --score reads."""
     from .compat.ldm import PriorFormatError
     from .compat.original import OriginalCheckpointError, export_original_mbm, load_original_mbm
     from .config import ConfigError
@@ -124,6 +125,26 @@ def convert_main(argv=None) -> int:
     d.add_argument("dst", help="output model folder")
     d.add_argument("--which", choices=("best", "last"), default="best",
                    help="the best validation epoch's weights (best_state, default) or the last epoch's (all_models)")
+    for fam, ckpt_help in (("mindeye1", "MindEye1's prior_*/last.pth (voxel2clip + diffusion prior)"),
+                           ("mindeye2", "MindEye2's last.pth (adapters, backbone, diffusion prior)")):
+        e = sub.add_parser(f"from-{fam}", help=f"released {fam} checkpoint -> a run folder mindvis-align --score reads",
+                           description="Reads the checkpoint with a restricted unpickler (no pickled code runs; its "
+                                       "optimizer and scheduler states become inert data), maps its keys strictly "
+                                       "(a foreign or missing key is named), reads every size from the tensors, and "
+                                       "writes DST/model/ (network/, prior/ as save_pretrained folders, mindeye.json) "
+                                       "and DST/config.yaml (the recipe with the checkpoint's sizes). Score it with "
+                                       "mindvis-align --score DST --data-path NSD_SUBJECT.")
+        e.add_argument("src", help=ckpt_help)
+        e.add_argument("dst", help="output run folder (refused if it exists, unless --overwrite)")
+        if fam == "mindeye1":
+            e.add_argument("--lowlevel", metavar="AE_CKPT", help="the low-level model (autoencoder_*/epoch120.pth): "
+                                                                 "written as DST/model/lowlevel/")
+        else:
+            e.add_argument("--subject", type=int, metavar="N", help="keep only adapter N of the checkpoint (0-based "
+                                                                    "index into its ridge.linears); default: all")
+        e.add_argument("--data-path", metavar="DIR", help="the prepared NSD subject to score on (sets data.path)")
+        e.add_argument("--target", metavar="SPACE", help="the token space (default: the recipe's, "
+                                                         "clip-vit-l-14-tokens / openclip-bigg-14-tokens)")
     for sp in sub.choices.values():  # every conversion writes DST: never over an existing one unasked
         sp.formatter_class = PlainHelpFormatter
         sp.add_argument("--overwrite", action="store_true",
@@ -135,7 +156,12 @@ def convert_main(argv=None) -> int:
 
         if getattr(args, "dst", None) is not None:
             (check_output_file if args.cmd == "to-original" else check_output_folder)(args.dst, args.overwrite)
-        if args.cmd == "from-brainmagick":
+        if args.cmd in ("from-mindeye1", "from-mindeye2"):
+            from mindvis.align.mindeye import convert_to_run
+
+            print(convert_to_run(args.cmd[5:], args.src, args.dst, getattr(args, "lowlevel", None),
+                                 getattr(args, "subject", None), args.data_path, args.target, args.overwrite))
+        elif args.cmd == "from-brainmagick":
             from .compat.brainmagick import convert_brainmagick
 
             atomic_dir(args.dst, lambda tmp: convert_brainmagick(args.src, tmp, args.which))

@@ -289,9 +289,9 @@ def plan_mindeye2(sd: dict, path: Path, subject: int | None = None) -> tuple[dic
               clip_proj_hidden=sd[b + "clip_proj.2.weight"].shape[0], blurry_recon=blurry)
     if blurry:
         ch = sd[b + "bnorm.weight"].shape[0]
-        widths, layers, _ = _decoder_sizes(sd, b + "bupsampler.")
+        widths, layers, out_ch = _decoder_sizes(sd, b + "bupsampler.")
         kw.update(blurry_channels=ch, blurry_side=math.isqrt(sd[b + "blin1.weight"].shape[0] // ch),
-                  blurry_decoder_channels=widths, blurry_decoder_layers_per_block=layers,
+                  blurry_decoder_channels=widths, blurry_decoder_layers_per_block=layers, blurry_out_channels=out_ch,
                   blurry_maps_hidden=sd[b + "b_maps_projector.0.weight"].shape[0],
                   blurry_maps_dim=sd[b + "b_maps_projector.6.weight"].shape[0])
     mapped = {}

@@ -8,6 +8,11 @@ Spaces (``--target``):
 * ``timm:NAME``: any timm model's pooled pre-logits features (weights from timm's caches);
 * ``synthetic``: for the synthetic world, the penultimate features of its cached evaluation classifier (a CNN
   trained only on renders of the world's classes, never on the test stimuli).
+* ``synthetic-tokens``: the synthetic world's token space for MindEye's recipes (the world has no CLIP): the same
+  classifier's last feature map before pooling (8 x 8 positions of 128 channels at its 32 px input), averaged over
+  2 x 2 positions into a 4 x 4 grid (a short sequence for the diffusion prior on CPU), as 16 tokens, with the pooled
+  vector (the ``synthetic`` embedding) first, as CLIP ViT's class token comes first: (N, 17, 128). Every token is
+  divided by the first token's L2 norm, as MindEye1's targets are divided by the class token's.
 
 Token spaces (MindEye's targets; (N, T, D) per image set):
 
@@ -48,13 +53,14 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 
 
 TOKEN_KINDS = ("clip-vit-l-14-tokens", "openclip-bigg-14-tokens")
+SYNTHETIC_SPACES = ("synthetic", "synthetic-tokens")  # the synthetic world's (no source after a colon)
 TARGET_KINDS = ("clip", "dinov2", "timm") + TOKEN_KINDS  # with a source after the colon; or the bare "synthetic"
 OPENCLIP_BIGG_HUB_ID = "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"  # MindEye2: arch ViT-bigG-14, laion2b_s39b_b160k
 
 
 def valid_target(space: str) -> bool:
     kind, _, src = space.partition(":")
-    return space == "synthetic" or (kind in TARGET_KINDS and bool(src))
+    return space in SYNTHETIC_SPACES or (kind in TARGET_KINDS and bool(src))
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -69,8 +75,9 @@ class ImageEmbedder:
     cache stores the outputs (float16 for token spaces)."""
 
     def __init__(self, name: str, fn, size: int, mean, std, batch_size: int = 32, preprocess=None,
-                 storage_dtype=np.float32):
+                 storage_dtype=np.float32, module=None):
         self.name, self.fn, self.size, self.batch_size = name, fn, size, batch_size
+        self.module = module  # the network behind ``fn`` (moved with ``to``), if any
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.preprocess = preprocess
@@ -81,7 +88,21 @@ class ImageEmbedder:
             return self.preprocess(x)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", antialias=True, align_corners=False)
-        return (x.clamp(0, 1) - self.mean) / self.std
+        return (x.clamp(0, 1) - self.mean.to(x)) / self.std.to(x)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device if self.module is not None else torch.device("cpu")
+
+    def to(self, device) -> "ImageEmbedder":
+        if self.module is not None:
+            self.module.to(device)
+        return self
+
+    @torch.no_grad()
+    def embed_float(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs for float images (B, 3, H, W) in [0, 1] on the embedder's device (online targets)."""
+        return self.fn(self._prepare(x.to(self.device)))
 
     @torch.no_grad()
     def batches(self, images: np.ndarray):
@@ -90,7 +111,7 @@ class ImageEmbedder:
             raise ValueError(f"expected images (N, H, W, 3), got {images.shape}")
         for i in range(0, len(images), self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[i:i + self.batch_size])).permute(0, 3, 1, 2).float() / 255
-            yield i, self.fn(self._prepare(x)).float().numpy()
+            yield i, self.embed_float(x).float().cpu().numpy()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return np.concatenate([out for _, out in self.batches(images)])
@@ -186,7 +207,8 @@ def clip_tokens_embedder(src: str, batch_size: int = 16) -> ImageEmbedder:
         return emb / torch.norm(emb[:, 0], dim=-1).reshape(-1, 1, 1)
 
     return ImageEmbedder(f"clip-vit-l-14-tokens:{src}", tokens, size, CLIP_MEAN, CLIP_STD, batch_size,
-                         preprocess=lambda x: mindeye1_clip_preprocess(x, size), storage_dtype=np.float16)
+                         preprocess=lambda x: mindeye1_clip_preprocess(x, size), storage_dtype=np.float16,
+                         module=model)
 
 
 def _import_open_clip():
@@ -262,7 +284,7 @@ def openclip_tokens_embedder(src: str, batch_size: int = 8) -> ImageEmbedder:
     size = size if isinstance(size, int) else size[0]
     return ImageEmbedder(f"openclip-bigg-14-tokens:{src}", lambda x: visual(x)[1], size, CLIP_MEAN, CLIP_STD,
                          batch_size, preprocess=lambda x: mindeye2_openclip_preprocess(x, size),
-                         storage_dtype=np.float16)
+                         storage_dtype=np.float16, module=visual)
 
 
 def dinov2_embedder(src: str) -> ImageEmbedder:
@@ -293,16 +315,34 @@ def synthetic_embedder(world_cfg, cache_dir=None, image_size: int = 32) -> Image
     return ImageEmbedder("synthetic", clf.net.body, image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
+def synthetic_tokens_embedder(world_cfg, cache_dir=None, image_size: int = 32) -> ImageEmbedder:
+    """``synthetic-tokens`` (see the module docstring): (N, 1 + h * w, C), the pooled feature first."""
+    from ..evaluation.classifiers import synthetic_classifier
+
+    clf = synthetic_classifier(world_cfg, image_size, cache_dir).eval()
+    spatial = clf.net.body[:-2]  # without AdaptiveAvgPool2d and Flatten: (B, C, h, w)
+
+    def tokens(x):
+        fmap = spatial(x)  # (B, C, h, w)
+        grid = F.avg_pool2d(fmap, 2).flatten(2).transpose(1, 2)  # (B, h * w / 4, C)
+        t = torch.cat((fmap.mean((2, 3))[:, None], grid), dim=1)  # the pooled vector = the classifier's embedding
+        return t / torch.norm(t[:, 0], dim=-1).clamp_min(1e-12).reshape(-1, 1, 1)
+
+    return ImageEmbedder("synthetic-tokens", tokens, image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+                         storage_dtype=np.float16, module=spatial)
+
+
 def load_embedder(space: str, world_cfg=None, cache_dir=None) -> ImageEmbedder:
     """The embedder of a target space (see the module docstring)."""
     kind, _, src = space.partition(":")
-    if kind == "synthetic":
+    if space in SYNTHETIC_SPACES:
         if world_cfg is None:
-            raise EmbedderUnavailable("the synthetic target space needs the synthetic world (--dataset synthetic)")
-        return synthetic_embedder(world_cfg, cache_dir)
+            raise EmbedderUnavailable(f"the {space} target space needs the synthetic world (--dataset synthetic, "
+                                      "or an NSD folder prepared from mindvis-synth)")
+        return (synthetic_embedder if space == "synthetic" else synthetic_tokens_embedder)(world_cfg, cache_dir)
     if not valid_target(space):
         raise ValueError(f"unknown target space {space!r}: use clip:SRC, dinov2:SRC, timm:NAME, "
-                         f"clip-vit-l-14-tokens:SRC, openclip-bigg-14-tokens:SRC or synthetic")
+                         f"clip-vit-l-14-tokens:SRC, openclip-bigg-14-tokens:SRC, synthetic or synthetic-tokens")
     return {"clip": clip_embedder, "dinov2": dinov2_embedder, "timm": timm_embedder,
             "clip-vit-l-14-tokens": clip_tokens_embedder, "openclip-bigg-14-tokens": openclip_tokens_embedder}[kind](src)
 

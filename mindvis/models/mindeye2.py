@@ -54,6 +54,7 @@ class MindEye2Config:
     blurry_decoder_norm_groups: int = 32
     blurry_maps_hidden: int = 512
     blurry_maps_dim: int = 512
+    blurry_out_channels: int = 4  # the SD VAE's latent channels (the synthetic world's pixel targets: 3)
     subjects: list[str] | None = None  # names of the adapters' subjects (informational)
 
 
@@ -75,7 +76,7 @@ class MindEye2Network(PretrainedMixin, nn.Module):
             self.blurry_linear = nn.Linear(c.hidden * c.seq_len, c.blurry_channels * c.blurry_side ** 2)
             self.blurry_dropout = nn.Dropout(c.blurry_dropout)
             self.blurry_norm = nn.GroupNorm(1, c.blurry_channels)
-            self.blurry_decoder = vae_decoder(c.blurry_channels, 4, c.blurry_decoder_channels,
+            self.blurry_decoder = vae_decoder(c.blurry_channels, c.blurry_out_channels, c.blurry_decoder_channels,
                                               c.blurry_decoder_layers_per_block, c.blurry_decoder_norm_groups)
             self.blurry_maps = maps_projector(c.blurry_channels, c.blurry_maps_hidden, c.blurry_maps_dim)
 
