@@ -40,12 +40,18 @@ def align_args(prepared, cache_dir) -> list[str]:
 
 @pytest.fixture(scope="session")
 def runs(prepared, cache_dir, tmp_path_factory):
-    """{"bm": a two-subject brain-module run, "ridge": a ridge run} on the prepared folder."""
+    """{"bm": a two-subject brain-module run, "ridge": a ridge run} on the prepared folder. The brain module's
+    validation loss is held constant so that early stopping (patience 1) ends it after epoch 2 of 4."""
+    from mindvis.align import training
     from mindvis.align.cli import main as align_main
 
     out = tmp_path_factory.mktemp("runs")
     common = align_args(prepared, cache_dir)
-    assert align_main(common + ["--decoder", "brain-module", "--output-dir", str(out / "bm"), "--run-name", "r"]) == 0
+    real = training.validation_scores
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training, "validation_scores", lambda *a, **k: {**real(*a, **k), "val_loss": 1.0})
+        assert align_main(common + ["--decoder", "brain-module", "--output-dir", str(out / "bm"), "--run-name", "r",
+                                    "train.epochs=4", "train.patience=1"]) == 0
     assert align_main(common + ["--decoder", "ridge", "--output-dir", str(out / "ridge"), "--run-name", "r",
                                 "decoder.folds=2"]) == 0
     return {"bm": out / "bm" / "r", "ridge": out / "ridge" / "r"}

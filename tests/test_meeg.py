@@ -336,6 +336,9 @@ def test_align_brain_module_over_subjects_windows_and_stream(prepared, release, 
 
     rep = json.loads((runs["bm"] / "retrieval.json").read_text())
     assert rep["decoder"] == "brain-module" and rep["test_items"] == 8  # 4 test images x 2 subjects
+    assert [h["epoch"] for h in rep["history"]] == [1, 2] and rep["history"][-1]["early_stop"]  # patience 1
+    assert rep["selected_epoch"] == 1 and "early stop at epoch 2: patience 1" in rep["selection"]
+    assert rep["history"][0]["contrastive"] == "brainmagick"
     test = rep["test"]
     assert set(test["top1_brain_to_image"]["by_subject"]) == {"sub-BIGMEG1", "sub-BIGMEG2"}
     assert test["top1_brain_to_image"]["chance"] == 0.25  # each subject's 4 test images among its own
@@ -378,3 +381,39 @@ def test_align_brain_module_over_subjects_windows_and_stream(prepared, release, 
     assert [e["image"] for e in lines if "image" in e] == [
         a["image_path"] for a in tsv(release / "THINGS-MEG" / "sourcedata" / "sample_attributes_P2.csv", ",")
         if a["run_nr"] == "1" and a["trial_type"] == "test"]
+
+
+def test_subjects_with_different_channels_get_their_own_montage(release, prepared, tmp_path):
+    """Two subjects with different channels: one channel list (the union), zeros and no position where a subject
+    lacks a channel; the brain module reads each sample with its subject's montage, giving that channel no weight."""
+    import torch
+
+    from mindvis.align.decoders import brain_module_config
+    from mindvis.finetune.data import StageBData
+    from mindvis.models.brain_module import BrainModule
+
+    folder = tmp_path / "prep"
+    shutil.copytree(prepared / "sub-BIGMEG1", folder / "sub-BIGMEG1")
+    prepare_things_meg(release / "THINGS-MEG", 2, folder / "sub-BIGMEG2", MEGSettings(
+        image_size=32, filtering="window", drop_channels=["MRO11-1609", "MLF14-1609"]))
+    d = things_meg_pairs(folder)
+    assert d.montages is not None and len(d.ch_names) == 10
+    k = d.ch_names.index("MLF14-1609")
+    assert np.isnan(d.montages["sub-BIGMEG2"][k]).all() and np.isfinite(d.montages["sub-BIGMEG1"][k]).all()
+    two = [i for i, s in enumerate(d.train.subjects) if s == "sub-BIGMEG2"]
+    assert np.all(d.train.fmri[two][:, k] == 0)
+    data = StageBData(d.train, d.train, d.test, 10, "", d.layout, d.times, d.large, d.montages)
+    from omegaconf import OmegaConf
+
+    from mindvis.align.config import AlignConfig
+
+    cfg = OmegaConf.structured(AlignConfig)
+    cfg.decoder.brain_module.merger_channels, cfg.decoder.brain_module.hidden = 4, 8
+    cfg.decoder.brain_module.features, cfg.decoder.brain_module.depth = 8, 2
+    cfg.decoder.brain_module.fourier_harmonics = 4
+    model = BrainModule(brain_module_config(cfg, data, 8)).eval()
+    x = torch.from_numpy(d.train.fmri[:2])
+    for subject, zero in ((0, False), (1, True)):
+        pos, valid = model.batch_positions(x, subjects=torch.tensor([subject, subject]))
+        weights = model.merger.weights(pos, valid)
+        assert bool((weights[:, :, k] == 0).all()) == zero and bool(valid[:, k].all()) != zero
