@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 from mindvis.finetune.config import DataConfig
 from mindvis.models.ridge import DEFAULT_ALPHAS
@@ -10,21 +10,38 @@ from mindvis.models.ridge import DEFAULT_ALPHAS
 DECODERS = ("ridge", "mlp", "mbm", "brain-module", "mindeye1", "mindeye2")
 MINDEYE_DECODERS = ("mindeye1", "mindeye2")  # trained by align/mindeye_training.py (the recipes)
 RECIPES = ("mindeye1", "mindeye2", "mindeye1-synthetic", "mindeye2-synthetic")  # --recipe: presets of that name
-CONTRASTIVE = ("clip", "bimixco", "softclip", "mindeye", "none")
+CONTRASTIVE = ("clip", "bimixco", "softclip", "mindeye", "brainmagick", "none")
+LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
 class BrainModuleSettings:
-    """Meta's brain module (M/EEG; mindvis.models.brain_module), the papers' defaults."""
+    """Meta's brain module (M/EEG; mindvis.models.brain_module.BrainModuleConfig, field for field but the ones the
+    data set: positions, n_times, dim, subjects, subject_positions): brainmagick's clip_conv defaults, Benchetrit et
+    al.'s features and aggregation."""
     merger_channels: int = 270
     fourier_harmonics: int = 32
+    fourier_margin: float = 0.2
     spatial_dropout: float = 0.2
+    channel_dropout: float = 0.0
+    channel_dropout_rescale: bool = True
+    initial_linear: Optional[int] = None  # None: merger_channels; 0: none
+    subject_layers_id: bool = False
     hidden: int = 320
-    blocks: int = 5
+    depth: int = 10
+    blocks: int = 0  # legacy: when > 0, depth = blocks x glu
+    kernel_size: int = 3
+    dilation_growth: int = 2
     dilation_period: int = 5
-    features: int = 2048
-    aggregation: str = "affine"  # affine | mean | attention
+    skip: bool = True
+    batch_norm: bool = True
+    glu: int = 2
+    glu_context: int = 1
+    glu_dilation: int = 1
     conv_dropout: float = 0.0
+    dropout_input: float = 0.0
+    features: int = 2048
+    aggregation: str = "affine"  # affine | mean | attention (none, brainmagick's time-resolved output, is refused)
 
 
 @dataclass
@@ -51,7 +68,8 @@ class DecoderConfig:
 
 @dataclass
 class LossConfig:
-    contrastive: str = "mindeye"  # clip | bimixco | softclip | mindeye (BiMixCo, then SoftCLIP) | none
+    contrastive: str = "mindeye"  # clip | bimixco | softclip | mindeye (BiMixCo, then SoftCLIP) | brainmagick
+    # (brainmagick's ClipLoss: one direction, brain -> images, candidates L2-normalised, no temperature) | none
     contrastive_weight: float = 0.75  # lambda: loss = lambda * contrastive + (1 - lambda) * MSE
     clip_temperature: float = 0.07  # CLIP's initial temperature
     learn_temperature: bool = True  # clip: learn the temperature (CLIP) or keep it fixed
@@ -70,10 +88,12 @@ class TrainConfig:
     encoder_lr: float = 0.0  # mbm: learning rate of the encoder; 0 = train.lr
     weight_decay: float = 0.01
     warmup_epochs: float = 5.0
+    lr_schedule: str = "cosine"  # cosine (after the warm-up) | constant (brainmagick)
     clip_grad: float = 1.0
     seed: int = 0
     val_every: int = 5
     select_metric: str = "val_top1"  # val_top1 | val_top5 | val_correlation (higher better) | val_loss (lower)
+    patience: int = 0  # early stopping: stop when select_metric has not improved for this many epochs (0: off)
     checkpoint_every: int = 20
     keep_checkpoints: int = 2
     mixed_precision: str = "no"

@@ -17,22 +17,24 @@ log = logging.getLogger("mindvis.align")
 
 
 def split_test_trials(test: PairedSplit) -> tuple[PairedSplit, np.ndarray | None]:
-    """The repetition-averaged test rows, and the single trials as (N, R, V) aligned with them (None if absent)."""
+    """The repetition-averaged test rows, and the single trials as (N, R, V) aligned with them (None if absent);
+    the trials of a row are those of the same stimulus and subject."""
     avg_idx = [i for i, s in enumerate(test.ids) if TRIAL_MARK not in s]
     avg = test.subset(avg_idx)
-    trials: dict[str, list[int]] = {}
-    for i, s in enumerate(test.ids):
+    trials: dict[tuple[str, str], list[int]] = {}
+    for i, (s, subject) in enumerate(zip(test.ids, test.subjects)):
         if TRIAL_MARK in s:
-            trials.setdefault(s.split(TRIAL_MARK)[0], []).append(i)
+            trials.setdefault((subject, s.split(TRIAL_MARK)[0]), []).append(i)
     if not trials:
         return avg, None
+    keys = list(zip(avg.subjects, avg.ids))
     counts = {len(v) for v in trials.values()}
-    missing = [s for s in avg.ids if s not in trials]
+    missing = [k for k in keys if k not in trials]
     if len(counts) != 1 or missing:
         log.warning("test images have unequal repetitions (%s) or none (%d): no averaging curve", sorted(counts),
                     len(missing))
         return avg, None
-    return avg, np.stack([test.fmri[trials[s]] for s in avg.ids])  # (N, R, V)
+    return avg, np.stack([test.fmri[trials[k]] for k in keys])  # (N, R, V)
 
 
 def embed_images(cfg: DictConfig, images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -66,6 +68,6 @@ def vectorised(cfg: DictConfig, data: StageBData) -> StageBData:
     input unchanged."""
     if data.layout is None or cfg.decoder.name == "brain-module":
         return data
-    flat = lambda s: PairedSplit(s.fmri.reshape(len(s), -1), s.images, s.labels, s.ids, s.dataset)
+    flat = lambda s: None if s is None else s.with_fmri(s.fmri.reshape(len(s), -1))
     return StageBData(flat(data.train), flat(data.val), flat(data.test), data.train.fmri[0].size, data.description,
-                      data.layout, data.times)
+                      data.layout, data.times, flat(data.large), data.montages)

@@ -13,11 +13,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from mindvis.config import save_config
-from mindvis.evaluation.retrieval import large_set_retrieval
 from mindvis.finetune.data import build_stage_b_data
 from mindvis.training import start_run
 from mindvis.utils.io import atomic_write, atomic_write_json, atomic_write_text
@@ -27,7 +25,7 @@ from .config import MINDEYE_DECODERS
 from .data import embed_images, gallery_images, split_test_trials, vectorised
 from .decoders import decode
 from .reports import _fmt, markdown_report, plot_averaging, retrieval_grid
-from .scoring import averaging_curve, score_split
+from .scoring import averaging_curve, gallery_scores, large_set_scores, score_split
 from .settings import validate
 from .time_resolved import plot_time_resolved, time_resolved
 from .training import fit
@@ -58,7 +56,7 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
         save_config(cfg, run_dir / "config.yaml")
     gallery = gallery_images(cfg, data.train)
     emb = embed_images(cfg, {"train": data.train.images, "val": data.val.images, "test": test.images,
-                             "gallery": gallery})
+                             "gallery": gallery} | ({"large": data.large.images} if data.large is not None else {}))
     emb = {k: v.reshape(len(v), -1) for k, v in emb.items()}  # token spaces (N, T, D) as one vector per image
     dim = emb["train"].shape[1]
     log.info("target %s: %d dims; %d train / %d val / %d test images", cfg.target, dim, len(emb["train"]),
@@ -71,18 +69,17 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
         for split, s in (("val", data.val), ("test", test)):
             if len(s) < 2:
                 continue
-            scores[split] = decode(model, s.fmri)
-            report[split] = score_split(scores[split], emb[split], ev, tc.seed)
+            scores[split] = decode(model, s.fmri, subjects=s.subjects)
+            report[split] = score_split(scores[split], emb[split], ev, tc.seed, s.subjects)
             report[f"{split}_items"] = len(s)
-        if "test" in scores:  # Meta's large retrieval set: the test images among the gallery's
-            large = large_set_retrieval(torch.from_numpy(scores["test"]["contrastive"]), torch.from_numpy(emb["test"]),
-                                        torch.from_numpy(emb["gallery"]))
-            for m in ("top1", "top5", "median_rank"):
-                name = {"top1": "top1_large_set", "top5": "top5_large_set", "median_rank": "relative_median_rank_large_set"}[m]
-                report["test"][name] = {"value": large[m], "chance": large["chance"][m], "candidates": large["candidates"]}
+        if "test" in scores:  # the test images among the test and gallery images (per subject)
+            report["test"] |= gallery_scores(scores["test"]["contrastive"], emb["test"], emb["gallery"], test.subjects)
+        if "test" in scores and data.large is not None:  # Benchetrit et al.'s large set: held-out test-concept trials
+            pred = decode(model, data.large.fmri, subjects=data.large.subjects)["contrastive"]
+            report["test"] |= large_set_scores(pred, data.large.ids, emb["large"], data.large.subjects)
         curve = []
         if trials is not None:
-            curve = averaging_curve(model, trials, emb["test"])
+            curve = averaging_curve(model, trials, emb["test"], test.subjects)
             plot_averaging(run_dir / "averaging.png", curve)
         if cfg.windows.length > 0:
             report["time_resolved"] = time_resolved(cfg, full, emb, accelerator, run_dir, main)
@@ -97,7 +94,7 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
         if "test" in scores:
             dec = scores["test"]
             arrays = {"contrastive": dec["contrastive"], "regression": dec["regression"], "target": emb["test"],
-                      "ids": np.array(test.ids)}
+                      "ids": np.array(test.ids), "subjects": np.array(test.subjects)}
             atomic_write(run_dir / "test_embeddings.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))
             retrieval_grid(run_dir / "retrieval_top5.png", dec["contrastive"], test.images, emb["test"], test.images,
                            ev.show, own=np.arange(len(test)))

@@ -24,6 +24,11 @@ def markdown_report(report: dict) -> str:
         for name, m in report[split].items():
             lines.append(f"| {name} | {_fmt(m['value'])} | {_fmt(m.get('std'))} | {_fmt(m['chance'])} |")
         lines.append("")
+        subjects = next((list(m["by_subject"]) for m in report[split].values() if "by_subject" in m), None)
+        if subjects:
+            lines += [f"{len(subjects)} subjects ({', '.join(subjects)}): each value is the mean of the subjects' own "
+                      "scores (each subject's items ranked among its own; per subject in retrieval.json, by_subject).",
+                      ""]
     if report.get("averaging"):
         lines += ["## test-time averaging (test fMRI of the first r repetitions averaged)", "",
                   "| repetitions | top-1 | top-5 | chance top-1 |", "|---|---|---|---|"]

@@ -9,7 +9,9 @@ from mindvis.finetune.config import DATASETS, MEEG_DATASETS
 from mindvis.models.brain_module import AGGREGATIONS
 from mindvis.models.image_embedders import valid_target
 
-from .config import CONTRASTIVE, DECODERS, AlignConfig
+from .config import CONTRASTIVE, DECODERS, LR_SCHEDULES, AlignConfig
+
+VECTOR_AGGREGATIONS = tuple(a for a in AGGREGATIONS if a != "none")
 
 
 #: settings of the shared data schema that mindvis-align never reads (mindvis-finetune's image augmentation, its
@@ -31,10 +33,14 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
         (d.name != "brain-module" or meeg, "decoder.name", d.name,
          f"ridge, mlp or mbm for fMRI (brain-module reads M/EEG: data.dataset {MEEG_DATASETS})"),
         (d.name != "mbm" or not meeg, "decoder.name", d.name, "ridge, mlp or brain-module for M/EEG (mbm reads fMRI)"),
-        (bm.aggregation in AGGREGATIONS, "decoder.brain_module.aggregation", bm.aggregation, f"one of {AGGREGATIONS}"),
-        (min(bm.merger_channels, bm.fourier_harmonics, bm.hidden, bm.features, bm.dilation_period) > 0 and bm.blocks >= 0
-         and 0 <= bm.spatial_dropout < 1 and 0 <= bm.conv_dropout < 1, "decoder.brain_module",
-         dict(bm), "positive sizes, dropouts in [0, 1)"),
+        (bm.aggregation in VECTOR_AGGREGATIONS, "decoder.brain_module.aggregation", bm.aggregation,
+         f"one of {VECTOR_AGGREGATIONS} (none is brainmagick's time-resolved output; align decodes one vector per trial)"),
+        (min(bm.merger_channels, bm.fourier_harmonics, bm.hidden, bm.features, bm.depth, bm.kernel_size,
+             bm.dilation_growth) > 0 and min(bm.blocks, bm.dilation_period, bm.glu, bm.glu_context) >= 0
+         and bm.glu_dilation > 0 and bm.kernel_size % 2 == 1 and (bm.initial_linear is None or bm.initial_linear >= 0)
+         and bm.fourier_margin >= 0 and 0 <= bm.spatial_dropout < 1 and 0 <= bm.channel_dropout < 1
+         and 0 <= bm.conv_dropout < 1 and 0 <= bm.dropout_input < 1, "decoder.brain_module",
+         dict(bm), "positive sizes, an odd kernel_size, dropouts and radii in [0, 1)"),
         (cfg.windows.length >= 0 and cfg.windows.step > 0, "windows.length/step", (cfg.windows.length, cfg.windows.step),
          "length >= 0 (0: off), step > 0"),
         (cfg.windows.length == 0 or meeg, "windows.length", cfg.windows.length, "0 for fMRI (windows cut M/EEG time)"),
@@ -65,6 +71,8 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
          "keep_checkpoints", (t.val_every, t.checkpoint_every, t.keep_checkpoints), "> 0"),
         (t.select_metric in ("val_top1", "val_top5", "val_correlation", "val_loss"), "train.select_metric",
          t.select_metric, "val_top1, val_top5, val_correlation or val_loss"),
+        (t.patience >= 0, "train.patience", t.patience, ">= 0 (0: no early stopping)"),
+        (t.lr_schedule in LR_SCHEDULES, "train.lr_schedule", t.lr_schedule, f"one of {LR_SCHEDULES}"),
         (t.mixed_precision in MIXED_PRECISIONS, "train.mixed_precision", t.mixed_precision, f"one of {MIXED_PRECISIONS}"),
         (t.tracker in TRACKERS, "train.tracker", t.tracker, f"one of {TRACKERS}"),
         (cfg.eval.mindeye_subset >= 2 and cfg.eval.mindeye_draws >= 1 and cfg.eval.show >= 0,

@@ -10,12 +10,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from mindvis.data.fmri import DataError
-from mindvis.data.pairs import PairedSplit
 from mindvis.evaluation.retrieval import cosine_similarity, relative_median_rank, top_k
 from mindvis.finetune.data import StageBData
 
 from .data import split_test_trials, vectorised
 from .decoders import decode
+from .scoring import subject_groups
 from .training import fit
 
 log = logging.getLogger("mindvis.align")
@@ -24,9 +24,9 @@ log = logging.getLogger("mindvis.align")
 def crop(data: StageBData, start: float, stop: float) -> StageBData:
     """M/EEG trials cut to the samples with ``start <= t < stop`` (s from image onset)."""
     keep = np.flatnonzero((data.times >= start - 1e-9) & (data.times < stop - 1e-9))
-    cut = lambda s: PairedSplit(np.ascontiguousarray(s.fmri[..., keep]), s.images, s.labels, s.ids, s.dataset)
+    cut = lambda s: None if s is None else s.with_fmri(np.ascontiguousarray(s.fmri[..., keep]))
     return StageBData(cut(data.train), cut(data.val), cut(data.test), data.num_voxels, data.description,
-                      data.layout, data.times[keep])
+                      data.layout, data.times[keep], cut(data.large), data.montages)
 
 
 def time_resolved(cfg: DictConfig, full: StageBData, emb: dict, accelerator, run_dir: Path, main: bool) -> list[dict]:
@@ -45,11 +45,15 @@ def time_resolved(cfg: DictConfig, full: StageBData, emb: dict, accelerator, run
         folder.mkdir(parents=True, exist_ok=True)
         model, _, _, _ = fit(quiet, part, emb, None, accelerator, folder, main)
         test, _ = split_test_trials(part.test)
-        sim = cosine_similarity(torch.from_numpy(decode(model, test.fmri)["contrastive"]), torch.from_numpy(emb["test"]))
-        n = len(test)
+        pred = torch.from_numpy(decode(model, test.fmri, subjects=test.subjects)["contrastive"])
+        scores = []
+        for idx in subject_groups(test.subjects):  # each subject's test images among its own; then the mean
+            sim = cosine_similarity(pred[idx], torch.from_numpy(emb["test"][idx]))
+            n = len(idx)
+            scores.append({"top1": top_k(sim, 1), "top5": top_k(sim, 5), "median_rank": relative_median_rank(sim),
+                           "chance_top1": 1 / n, "chance_top5": min(1.0, 5 / n)})
         rows.append({"start": float(start), "stop": float(start + w.length), "centre": float(start + w.length / 2),
-                     "top1": top_k(sim, 1), "top5": top_k(sim, 5), "median_rank": relative_median_rank(sim),
-                     "chance_top1": 1 / n, "chance_top5": min(1.0, 5 / n)})
+                     **{k: float(np.mean([sc[k] for sc in scores])) for k in scores[0]}})
         log.info("window %+.3f to %+.3f s: top-5 %.3f (chance %.3f)", start, start + w.length, rows[-1]["top5"],
                  rows[-1]["chance_top5"])
     return rows

@@ -16,13 +16,14 @@ from mindvis.contrastive import (Temperature, bimixco_loss, clip_loss, mindeye_s
                                  soft_clip_loss)
 from mindvis.evaluation.retrieval import cosine_similarity, embedding_correlation, top_k
 from mindvis.finetune.data import StageBData
+from mindvis.models.brain_module_loss import brainmagick_clip_loss
 from mindvis.models.brain_decoders import MBMDecoder, SharedMLP
 from mindvis.models.ridge import RidgeConfig, RidgeDecoder
 from mindvis.training import (STATE_NAME, EpochShuffleSampler, check_finite_loss, decay_groups, load_resume_checkpoint, lr_at,
                               save_training_state, seed_epoch, write_checkpoint)
 from mindvis.utils.io import atomic_dir
 
-from .decoders import build_decoder, decode, load_decoder
+from .decoders import build_decoder, decode, load_decoder, subject_ids
 
 log = logging.getLogger("mindvis.align")
 
@@ -50,8 +51,10 @@ def fit(cfg: DictConfig, data: StageBData, emb: dict, stage_a, accelerator, run_
     model = build_decoder(cfg, data.num_voxels, dim, stage_a, data)
     log.info("decoder %s: %.2fM parameters", d.name, sum(p.numel() for p in model.parameters()) / 1e6)
     model, history, best = train_decoder(cfg, model, data.train.fmri, emb["train"], data.val.fmri, emb["val"],
-                                         accelerator, run_dir, main, resume)
-    return model, history, best, f"epoch {best['epoch']} of {tc.epochs} by {tc.select_metric} on validation"
+                                         accelerator, run_dir, main, resume, data.train.subjects, data.val.subjects)
+    stopped = history[-1]["epoch"] if history and history[-1]["epoch"] < tc.epochs else None
+    return model, history, best, (f"epoch {best['epoch']} of {tc.epochs} by {tc.select_metric} on validation"
+                                  + (f" (early stop at epoch {stopped}: patience {tc.patience})" if stopped else ""))
 
 
 def contrastive_term(cfg: DictConfig, name: str, out: dict, y: torch.Tensor, mix, temperature) -> torch.Tensor:
@@ -62,25 +65,33 @@ def contrastive_term(cfg: DictConfig, name: str, out: dict, y: torch.Tensor, mix
         return bimixco_loss(out["contrastive"], y, mix[0], mix[1], lo.bimixco_temperature)
     if name == "softclip":
         return soft_clip_loss(out["contrastive"], y, lo.softclip_temperature)
+    if name == "brainmagick":
+        return brainmagick_clip_loss(out["contrastive"], y)
     return out["contrastive"].sum() * 0.0
 
 
-def validation_scores(model, fmri: np.ndarray, y: np.ndarray, cfg: DictConfig, temperature) -> dict:
-    dec = decode(model, fmri)
+def validation_scores(model, fmri: np.ndarray, y: np.ndarray, cfg: DictConfig, temperature, subjects=None) -> dict:
+    """Validation loss (the training objective; CLIP's for the MindEye losses) and retrieval among the validation
+    items."""
+    dec = decode(model, fmri, subjects=subjects)
     pred_c, pred_r, t = (torch.from_numpy(dec["contrastive"]), torch.from_numpy(dec["regression"]),
                          torch.from_numpy(y))
     sim = cosine_similarity(pred_c, t)
     with torch.no_grad():
         temp = temperature() if callable(temperature) else temperature
-        loss = (cfg.loss.contrastive_weight * clip_loss(pred_c, t, temp) +
-                (1 - cfg.loss.contrastive_weight) * mse_loss(pred_r, t))
+        contrastive = (brainmagick_clip_loss(pred_c.float(), t.float()) if cfg.loss.contrastive == "brainmagick" else
+                       clip_loss(pred_c, t, temp))
+        loss = (cfg.loss.contrastive_weight * contrastive + (1 - cfg.loss.contrastive_weight) * mse_loss(pred_r, t))
     return {"val_loss": float(loss), "val_top1": top_k(sim, 1), "val_top5": top_k(sim, 5),
             "val_correlation": embedding_correlation(pred_r, t)}
 
 
 def train_decoder(cfg: DictConfig, model, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
-                  val_y: np.ndarray, accelerator, run_dir: Path, main: bool, resume: bool) -> tuple:
-    """Gradient training with validation selection; returns (selected model, history, best)."""
+                  val_y: np.ndarray, accelerator, run_dir: Path, main: bool, resume: bool, train_subjects=None,
+                  val_subjects=None) -> tuple:
+    """Gradient training with validation selection (and early stopping after ``train.patience`` epochs without
+    improvement); ``*_subjects`` (one name per sample) choose the brain module's subject layer and montage per
+    sample. Returns (selected model, history, best)."""
     tc, lo = cfg.train, cfg.loss
     temperature = Temperature(lo.clip_temperature) if lo.learn_temperature else lo.clip_temperature
     enc_params = {id(p) for p in model.encoder.parameters()} if isinstance(model, MBMDecoder) else set()
@@ -104,11 +115,14 @@ def train_decoder(cfg: DictConfig, model, train_x: np.ndarray, train_y: np.ndarr
         if callable(temperature):
             temperature.log_scale.data.fill_(float(state["log_temperature"]))
         start_epoch, history, best = state["epoch"], state["history"], dict(state["best"])
+        if history and history[-1].get("early_stop"):
+            start_epoch = tc.epochs  # stopped early: nothing left to train
         log.info("resumed from %s (epoch %d done)", ckpt, start_epoch)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
     x_all = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32))
     y_all = torch.from_numpy(np.ascontiguousarray(train_y, dtype=np.float32))
+    s_all = subject_ids(raw, train_subjects, len(x_all))  # None: one subject, or not a brain module
     n = len(x_all)
     steps = max(1, n // tc.batch_size)  # drop the last partial batch: contrastive losses need full batches
     sign = 1.0 if tc.select_metric == "val_loss" else -1.0
@@ -126,7 +140,9 @@ def train_decoder(cfg: DictConfig, model, train_x: np.ndarray, train_y: np.ndarr
         losses = []
         for step in range(steps):
             for g in optimizer.param_groups:
-                g["lr"] = lr_at(epoch + step / steps, g["base_lr"], 0.0, tc.warmup_epochs, tc.epochs)
+                g["lr"] = (lr_at(epoch + step / steps, g["base_lr"], 0.0, tc.warmup_epochs, tc.epochs)
+                           if tc.lr_schedule == "cosine" else g["base_lr"] * min(1.0, (epoch + step / steps) /
+                                                                               tc.warmup_epochs if tc.warmup_epochs else 1.0))
             idx = perm[step * tc.batch_size:(step + 1) * tc.batch_size]
             x, y = x_all[idx].to(accelerator.device), y_all[idx].to(accelerator.device)
             mix = None
@@ -134,7 +150,7 @@ def train_decoder(cfg: DictConfig, model, train_x: np.ndarray, train_y: np.ndarr
                 x, perm_mix, betas, _ = mixco(x, lo.mix_beta, lo.mix_p)
                 mix = (perm_mix, betas)
             with accelerator.autocast():
-                out = model(x)
+                out = model(x) if s_all is None else model(x, s_all[idx].to(accelerator.device))
                 loss = (lo.contrastive_weight * contrastive_term(cfg, name, out, y, mix, temperature) +
                         (1 - lo.contrastive_weight) * mse_loss(out["regression"], y))
             check_finite_loss(loss, epoch, step, tc.lr)
@@ -148,11 +164,14 @@ def train_decoder(cfg: DictConfig, model, train_x: np.ndarray, train_y: np.ndarr
                  "time_s": round(time.time() - t0, 1)}
         last = epoch + 1 == tc.epochs
         if main and len(val_x) >= 2 and ((epoch + 1) % tc.val_every == 0 or last):
-            entry |= validation_scores(raw, val_x, val_y, cfg, temperature)
+            entry |= validation_scores(raw, val_x, val_y, cfg, temperature, val_subjects)
             metric = sign * entry[tc.select_metric]
             if metric < best["metric"]:
                 best = {"metric": float(metric), "epoch": epoch + 1}
                 atomic_dir(run_dir / "best", lambda tmp: raw.save_pretrained(tmp))
+            if tc.patience and epoch + 1 - best["epoch"] >= tc.patience:  # brainmagick: solver.py early stopping
+                last = True
+                entry["early_stop"] = True
         history.append(entry)
         if tc.tracker != "none":
             accelerator.log({k: v for k, v in entry.items() if isinstance(v, float)}, step=epoch + 1)
@@ -166,6 +185,8 @@ def train_decoder(cfg: DictConfig, model, train_x: np.ndarray, train_y: np.ndarr
                 (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
             write_checkpoint(run_dir, epoch + 1, fill, tc.keep_checkpoints)
+        if last:
+            break
     if main:
         raw.save_pretrained(run_dir / "model")
     selected = load_decoder(run_dir / "best") if (run_dir / "best").is_dir() else raw

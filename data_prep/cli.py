@@ -114,9 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--image-size", type=int, default=256, help="stimulus side in pixels (default 256; 425 = as released)")
     n.add_argument("--out", required=True, help="output folder (then: mindvis-finetune --dataset nsd --data-path OUT)")
     m = sub.add_parser("things-meg", help="THINGS-MEG BIDS recordings -> one subject's epoched trials and images",
-                       description="Epochs with MNE-Python around every image onset of each run's events.tsv "
-                                   "(defaults: Benchetrit et al. 2024); resumable per run.")
-    m.add_argument("--root", required=True, help="the BIDS root (sub-BIGMEG<n>/ses-*/meg/*_task-main_run-*_meg.fif|.ds)")
+                       description="Reads the release (OpenNeuro ds004212) through mne-bids: magnetometers without the "
+                                   "CTF references, bad channels (channels.tsv, --drop-channels) left out, image "
+                                   "trials from events.tsv (catch trials dropped), image paths from "
+                                   "sourcedata/sample_attributes_P<n>.csv, images from --images; epochs with "
+                                   "MNE-Python around every image onset (defaults: Benchetrit et al. 2024). "
+                                   "Resumable per run; a run prepared with other settings is prepared again.")
+    m.add_argument("--root", required=True, help="the BIDS root (sub-BIGMEG<n>/ses-*/meg/*_task-main_run-*_meg.ds|.fif)")
+    m.add_argument("--images", metavar="DIR", help="the THINGS images (<concept>/<file>.jpg; the release has none); "
+                                                   "default: <root>/stimuli/<image_path>")
+    m.add_argument("--trigger-channel", default="UPPT001", help="the image trigger channel (default UPPT001)")
+    m.add_argument("--image-trigger", type=int, default=64,
+                   help="its value at every trial onset (default 64); the triggers of that value must match the "
+                        "events.tsv rows one for one; 0: no check")
+    m.add_argument("--drop-channels", nargs="*", default=["MRO11-1609"], metavar="NAME",
+                   help="sensors left out besides channels.tsv's bad ones (default MRO11-1609, broken in the release "
+                        "per Hebart et al.'s preprocessing; --drop-channels alone keeps all)")
     m.add_argument("--subject", required=True, help="1..4, BIGMEG1 or sub-BIGMEG1")
     m.add_argument("--tmin", type=float, default=-0.5, help="epoch start, s from image onset (default -0.5)")
     m.add_argument("--tmax", type=float, default=1.0, help="epoch end, s (default 1.0)")
@@ -164,8 +177,10 @@ def main(argv=None) -> int:
             from .things_meg import MEGSettings, prepare_things_meg
 
             out = prepare_things_meg(args.root, args.subject, args.out, MEGSettings(
-                args.tmin, args.tmax, args.l_freq, args.h_freq, args.sfreq, args.clamp, args.image_size, args.filtering),
-                progress=tqdm)
+                tmin=args.tmin, tmax=args.tmax, l_freq=args.l_freq, h_freq=args.h_freq, sfreq=args.sfreq,
+                clamp=args.clamp, image_size=args.image_size, filtering=args.filtering,
+                trigger_channel=args.trigger_channel, image_trigger=args.image_trigger,
+                drop_channels=list(args.drop_channels)), progress=tqdm, images=args.images)
         elif args.dataset == "nsd":
             from .nsd import prepare_nsd
 

@@ -33,8 +33,12 @@ class DataConfig:
     bold5000_path: str = ""
     meeg_subject: int = 1  # things-eeg2: the subject (sub-XX) of the release
     meeg_average_train: bool = False  # things-eeg2: average each training image's repetitions
+    meeg_large_set: bool = True  # things-meg: hold the training trials of the test concepts out of training as the
+    # large retrieval set (Benchetrit et al. 2024); false: train on them
     subjects: List[str] = field(default_factory=list)  # GOD subjects (bdata: file names); empty: sbj_3 (the
-    # original's default) for GOD, every subject of the synthetic world
+    # original's default) for GOD, every subject of the synthetic world; things-meg (a folder of preparations):
+    # which (1, BIGMEG1, sub-BIGMEG1; empty: all); things-eeg2: which (1, sub-01; empty: meeg_subject) -- several
+    # M/EEG subjects train one brain module, a subject layer each
     bold5000_subjects: List[str] = field(default_factory=lambda: ["CSI1"])
     roi: str = "VC"
     pad_mode: str = "exact"

@@ -30,8 +30,10 @@ class StageBData:
     test: PairedSplit
     num_voxels: int  # voxels, or M/EEG channels
     description: str
-    layout: np.ndarray | None = None  # M/EEG: (channels, 2) sensor layout
+    layout: np.ndarray | None = None  # M/EEG: (channels, 2) sensor positions (NaN: none)
     times: np.ndarray | None = None  # M/EEG: (T,) seconds from image onset
+    large: PairedSplit | None = None  # THINGS-MEG: the held-out trials of the test concepts (large retrieval set)
+    montages: dict | None = None  # M/EEG, several subjects with different channels: {subject: (channels, 2)}
 
 
 def _god(cfg: DataConfig, root: Path, patch_size: int, image_size: int):
@@ -104,18 +106,21 @@ def build_stage_b_data(cfg: DataConfig, patch_size: int, seed: int) -> StageBDat
 
 def build_meeg_data(cfg: DataConfig, seed: int) -> StageBData:
     """THINGS-MEG (a folder mindvis-prep things-meg wrote) or THINGS-EEG2 (the release): trials x channels x times."""
-    from mindvis.data.meeg import eeg2_pairs, things_meg_pairs
+    from mindvis.data.meeg import eeg2_subjects_pairs, things_meg_pairs
 
     if not cfg.path:
         raise DataError(f"data.path is empty: give the {cfg.dataset} folder (--data-path DIR)")
     if cfg.dataset == "things-meg":
-        d = things_meg_pairs(cfg.path, cfg.include_test_trials)
+        d = things_meg_pairs(cfg.path, cfg.include_test_trials, list(cfg.subjects), cfg.meeg_large_set)
     else:
-        d = eeg2_pairs(cfg.path, cfg.meeg_subject, 256, cfg.include_test_trials, cfg.meeg_average_train)
+        d = eeg2_subjects_pairs(cfg.path, list(cfg.subjects) or [cfg.meeg_subject], 256, cfg.include_test_trials,
+                                cfg.meeg_average_train)
     tr, val, counts = carve_validation(d.train, cfg, seed)
     n_test = sum(1 for i in d.test.ids if TRIAL_MARK not in i)
-    return StageBData(tr, val, d.test, d.train.fmri.shape[1], f"{d.description}; {counts} / {n_test} test images",
-                      d.layout, d.times)
+    subjects = sorted(set(d.train.subjects))
+    who = f"{len(subjects)} subjects, " if len(subjects) > 1 else ""
+    return StageBData(tr, val, d.test, d.train.fmri.shape[1], f"{d.description}; {who}{counts} / {n_test} test images",
+                      d.layout, d.times, d.large, d.montages)
 
 
 def carve_validation(train: PairedSplit, cfg: DataConfig, seed: int) -> tuple[PairedSplit, PairedSplit, str]:

@@ -1,22 +1,36 @@
-"""M/EEG-image pairs: a THINGS-MEG folder written by ``mindvis-prep things-meg`` and the THINGS-EEG2 release.
+"""M/EEG-image pairs: THINGS-MEG folders written by ``mindvis-prep things-meg`` and the THINGS-EEG2 release.
 
-Both give trials x channels x times with the image of each trial, the channels' 2-D layout (for the brain module's
-spatial attention) and the times. Test images are the releases' own (THINGS-MEG: ``trial_type`` test; THINGS-EEG2:
-``preprocessed_eeg_test.npy``), averaged over their repetitions; single test trials are kept (marked as the fMRI
-readers mark them) for the averaging curve. Training trials are single presentations (THINGS-EEG2: each of the
-image's repetitions, or their average with ``average_train``).
+Both give trials x channels x times with the image of each trial, its subject, the channels' 2-D positions for the
+brain module's spatial attention (``mne.find_layout``'s, as brainmagick takes them: see
+:func:`mindvis.models.brain_module.layout_positions`; NaN for a channel without one, which the module masks) and the
+times. Test images are the releases' own (THINGS-MEG: ``trial_type`` test; THINGS-EEG2: ``preprocessed_eeg_test.npy``),
+averaged over their repetitions per subject; single test trials are kept (marked as the fMRI readers mark them) for
+the averaging curve. Training trials are single presentations (THINGS-EEG2: each of the image's repetitions, or their
+average with ``average_train``).
+
+Several subjects (a folder of THINGS-MEG preparations, or several THINGS-EEG2 subjects) are read into one set of
+splits over one channel list, the union of the subjects' channels in the order first seen: a subject's data are zero
+on the channels it lacks and its montage (``MEEGData.montages``) has no position there, so the brain module masks them.
+
+**Large retrieval set** (THINGS-MEG, Benchetrit et al. 2024): the training trials of the test images' concepts
+(THINGS-MEG shows 12 images of every concept once; the test images are other images of 200 of the concepts) are taken
+out of training and form the large set: each trial is retrieved among all of that subject's large-set images. The
+paper's own definition could not be read here (only its abstract); this follows Meta's reader of the release
+(facebookresearch/neuroai hebart2023things.py, ``is_test_category``): UNVERIFIED against the paper's text.
+THINGS-EEG2's test concepts are not among its training concepts, so it has no large set.
 """
 from __future__ import annotations
 
 import csv
 import json
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..releases import SYNTHETIC_GENERATOR, standard_1020_positions
+from ..releases import SYNTHETIC_GENERATOR
 from .fmri import DataError, check_finite
 from .pairs import TRIAL_MARK, PairedSplit
 
@@ -28,31 +42,89 @@ class MEEGData:
     train: PairedSplit  # fmri: (N, C, T) float32
     test: PairedSplit  # averaged test images first, then (optionally) their single trials
     ch_names: list[str]
-    layout: np.ndarray  # (C, 2) sensor positions on the plane
+    layout: np.ndarray  # (C, 2) positions on the plane (NaN: none); with several subjects, any subject's
     times: np.ndarray  # (T,) seconds from image onset
     description: str
+    large: PairedSplit | None = None  # the held-out trials of the test concepts (THINGS-MEG), never trained on
+    montages: dict | None = None  # {subject: (C, 2) positions}, NaN where the subject lacks the channel
 
 
-def sensor_layout(positions: np.ndarray) -> np.ndarray:
-    """(C, 3) sensor positions (head or device coordinates: origin inside the head, z up) -> (C, 2): the azimuthal
-    equidistant projection around the vertical through the origin, as topographic maps draw a head from above."""
-    p = np.asarray(positions, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != 3 or not np.isfinite(p).all() or (np.abs(p).sum(1) == 0).any():
-        raise DataError("sensor positions missing: every channel needs a finite, non-zero 3-D position "
-                        f"(got {np.asarray(positions).shape}, {int((np.abs(p).sum(-1) == 0).sum())} at the origin)")
-    x, y, z = p.T
-    theta = np.arccos(np.clip(z / np.linalg.norm(p, axis=1), -1, 1))  # angle from the vertical
-    phi = np.arctan2(y, x)
-    return np.stack([theta * np.cos(phi), theta * np.sin(phi)], 1).astype(np.float32)
+def concept_of(image_path: str) -> str:
+    """The THINGS concept of an image file: its name without the last ``_part`` (``aardvark_01b.jpg`` ->
+    ``aardvark``; as Meta's reader of THINGS-MEG reads it: the test images share one folder)."""
+    stem = Path(str(image_path)).stem
+    return "_".join(stem.split("_")[:-1]) or stem
+
+
+def montage_positions(info) -> np.ndarray:
+    """(C, 2) brain-module positions of ``info``'s channels (NaN where there is none): ``mne.find_layout``'s 2-D
+    positions matched by name (:func:`mindvis.models.brain_module.layout_positions`); where MNE cannot draw a layout
+    because some channels have no 3-D position, the layout of the others."""
+    import mne
+
+    from ..models.brain_module import layout_positions
+
+    try:
+        return layout_positions(info)
+    except (RuntimeError, ValueError):
+        pass
+    keep = [i for i, ch in enumerate(info["chs"]) if np.isfinite(ch["loc"][:3]).all() and np.abs(ch["loc"][:3]).sum()]
+    out = np.full((len(info["ch_names"]), 2), np.nan, np.float32)
+    if keep:
+        out[keep] = layout_positions(mne.pick_info(info, keep))
+    return out
 
 
 def _with_trials(avg: PairedSplit, trials: list[PairedSplit]) -> PairedSplit:
     if not trials:
         return avg
-    return PairedSplit(np.concatenate([avg.fmri] + [t.fmri for t in trials]),
-                       np.concatenate([avg.images] + [t.images for t in trials]),
-                       np.concatenate([avg.labels] + [t.labels for t in trials]),
-                       avg.ids + [i for t in trials for i in t.ids], avg.dataset + [d for t in trials for d in t.dataset])
+    parts = [avg] + trials
+    return PairedSplit(np.concatenate([p.fmri for p in parts]), np.concatenate([p.images for p in parts]),
+                       np.concatenate([p.labels for p in parts]), [i for p in parts for i in p.ids],
+                       [d for p in parts for d in p.dataset], [s for p in parts for s in p.subjects])
+
+
+def combine(parts: list[MEEGData], description: str | None = None) -> MEEGData:
+    """Several subjects' data over one channel list (the union, in the order first seen): zeros and no position on
+    the channels a subject lacks. Times must agree."""
+    if len(parts) == 1:
+        return parts[0]
+    for p in parts[1:]:
+        if len(p.times) != len(parts[0].times) or not np.allclose(p.times, parts[0].times):
+            raise DataError("the subjects' trials have different times: prepare them with the same settings")
+    names: list[str] = []
+    for p in parts:
+        names += [c for c in p.ch_names if c not in names]
+    montages, out = {}, {"train": [], "test": [], "large": []}
+    for p in parts:
+        idx = [names.index(c) for c in p.ch_names]
+        for subject in sorted(set(p.train.subjects)):
+            m = np.full((len(names), 2), np.nan, np.float32)
+            m[idx] = (p.montages or {}).get(subject, p.layout)
+            montages[subject] = m
+
+        def pad(split: PairedSplit | None):
+            if split is None:
+                return None
+            if p.ch_names == names:
+                return split
+            x = np.zeros((len(split), len(names), split.fmri.shape[-1]), np.float32)
+            x[:, idx] = split.fmri
+            return split.with_fmri(x)
+
+        for k in out:
+            split = pad(getattr(p, k))
+            if split is not None:
+                out[k].append(split)
+    cat = lambda splits: _with_trials(splits[0], splits[1:]) if splits else None
+    first = next(iter(montages.values()))
+    layout = first.copy()
+    for m in montages.values():  # any subject's position of each channel
+        layout = np.where(np.isfinite(layout), layout, m)
+    same = all(np.array_equal(m, first, equal_nan=True) for m in montages.values())
+    return MEEGData(cat(out["train"]), cat(out["test"]), names, layout, parts[0].times,
+                    description or "; ".join(p.description for p in parts), cat(out["large"]),
+                    None if same else montages)
 
 
 # ----------------------------------------------------------------------------- one window, offline or live
@@ -81,47 +153,107 @@ def robust_scale(x: np.ndarray, median: np.ndarray, iqr: np.ndarray, clamp: floa
 
 
 # ----------------------------------------------------------------------------- THINGS-MEG (prepared)
-def things_meg_pairs(path: str | Path, include_test_trials: bool = False) -> MEEGData:
-    """Pairs from a folder written by ``mindvis-prep things-meg``."""
-    root = Path(path)
-    meta_file = root / "meta.json"
+def _prepared(folder: Path) -> dict | None:
+    meta_file = folder / "meta.json"
     if not meta_file.is_file():
-        raise DataError(f"{root} is not a folder written by mindvis-prep things-meg (meta.json is missing)")
-    meta = json.loads(meta_file.read_text())
+        return None
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{meta_file}: not JSON ({e})") from None
     if meta.get("preparation") != "things-meg":
         raise DataError(f"{meta_file}: preparation {meta.get('preparation')!r}, expected 'things-meg'")
+    return meta
+
+
+def _subject_key(name) -> str:
+    m = re.fullmatch(r"(?:sub-)?(?:BIGMEG)?0*(\d+)", str(name))
+    return f"sub-BIGMEG{int(m.group(1))}" if m else str(name)
+
+
+def things_meg_folders(path: str | Path, subjects=None) -> list[tuple[Path, dict]]:
+    """(folder, meta) of a THINGS-MEG preparation, or of every preparation in a folder of them (one per subject),
+    ``subjects`` (1, BIGMEG1, sub-BIGMEG1 or a folder name) choosing among them."""
+    root = Path(path)
+    meta = _prepared(root)
+    if meta is not None:
+        found = [(root, meta)]
+    else:
+        found = [(d, m) for d in sorted(p for p in root.iterdir() if p.is_dir()) if (m := _prepared(d)) is not None] \
+            if root.is_dir() else []
+        if not found:
+            raise DataError(f"{root} is not a folder written by mindvis-prep things-meg, nor a folder of them "
+                            "(meta.json is missing)")
+    if subjects:
+        want = {_subject_key(s) for s in subjects} | {str(s) for s in subjects}
+        chosen = [(d, m) for d, m in found if m["settings"].get("subject") in want or d.name in want]
+        have = [m["settings"].get("subject") for _, m in found]
+        if len(chosen) != len(set(subjects)):
+            raise DataError(f"data.subjects {list(subjects)}: {root} holds the preparations of {have}")
+        found = chosen
+    names = [m["settings"].get("subject", d.name) for d, m in found]
+    if len(set(names)) != len(names):
+        raise DataError(f"{root}: several preparations of the same subject ({names})")
+    return found
+
+
+def things_meg_pairs(path: str | Path, include_test_trials: bool = False, subjects=None,
+                     large_set: bool = True) -> MEEGData:
+    """Pairs from a folder written by ``mindvis-prep things-meg``, or from a folder of them (several subjects, one
+    set of splits; ``subjects`` chooses). With ``large_set`` the training trials of the test concepts are held out
+    as the large retrieval set (see the module docstring)."""
+    found = things_meg_folders(path, subjects)
+    tables = []
+    for folder, meta in found:
+        with open(folder / "trials.csv", newline="") as f:
+            tables.append(list(csv.DictReader(f)))
+    concepts = sorted({r["concept"] for rows in tables for r in rows})
+    label = {c: i for i, c in enumerate(concepts)}
+    parts = [_things_meg_subject(folder, meta, rows, label, include_test_trials, large_set)
+             for (folder, meta), rows in zip(found, tables)]
+    return combine(parts)
+
+
+def _things_meg_subject(root: Path, meta: dict, rows: list[dict], label: dict, include_test_trials: bool,
+                        large_set: bool) -> MEEGData:
     x = np.load(root / "trials.npy", mmap_mode="r")
-    with open(root / "trials.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
     if len(rows) != len(x):
         raise DataError(f"{root}: trials.npy has {len(x)} trials but trials.csv {len(rows)} rows")
+    subject = meta["settings"].get("subject", root.name)
     images = np.load(root / f"images_{meta['settings']['image_size']}.npy", mmap_mode="r")
     names = json.loads((root / "image_ids.json").read_text())
     index = {n: i for i, n in enumerate(names)}
-    concepts = sorted({r["concept"] for r in rows})
-    label = {c: i for i, c in enumerate(concepts)}
     img = np.array([index[r["image"]] for r in rows])
     lab = np.array([label[r["concept"]] for r in rows])
     test = np.array([r["split"] == "test" for r in rows])
-    tr = np.flatnonzero(~test)
-    train = PairedSplit(np.asarray(x[tr], np.float32), images[img[tr]], lab[tr], [rows[i]["image"] for i in tr],
-                        ["things-meg"] * len(tr))
+    test_concepts = {rows[i]["concept"] for i in np.flatnonzero(test)}
+    held = ~test & np.array([large_set and r["concept"] in test_concepts for r in rows])
+    tag = "things-meg"
+
+    def split(idx, ids=None) -> PairedSplit:
+        return PairedSplit(np.asarray(x[idx], np.float32), images[img[idx]], lab[idx],
+                           ids or [rows[i]["image"] for i in idx], [tag] * len(idx), [subject] * len(idx))
+
+    train = split(np.flatnonzero(~test & ~held))
+    large = split(np.flatnonzero(held)) if held.any() else None
     avg_ids = sorted({rows[i]["image"] for i in np.flatnonzero(test)})
     by_image = {n: np.flatnonzero(test & (img == index[n])) for n in avg_ids}
-    avg = PairedSplit(np.stack([np.asarray(x[by_image[n]], np.float32).mean(0) for n in avg_ids]),
-                      images[[index[n] for n in avg_ids]], np.array([lab[by_image[n][0]] for n in avg_ids]),
-                      avg_ids, ["things-meg"] * len(avg_ids))
+    avg = PairedSplit(np.stack([np.asarray(x[by_image[n]], np.float32).mean(0) for n in avg_ids])
+                      if avg_ids else np.zeros((0,) + x.shape[1:], np.float32),
+                      images[[index[n] for n in avg_ids]], np.array([lab[by_image[n][0]] for n in avg_ids], int),
+                      avg_ids, [tag] * len(avg_ids), [subject] * len(avg_ids))
     singles = []
     if include_test_trials:
         for n in avg_ids:
             k = by_image[n]
-            singles.append(PairedSplit(np.asarray(x[k], np.float32), images[img[k]], lab[k],
-                                       [f"{n}{TRIAL_MARK}{j}" for j in range(len(k))], ["things-meg"] * len(k)))
-    layout = np.array(meta["layout"], np.float32)
-    desc = (f"THINGS-MEG {root}: {len(train)} training trials, {len(avg)} test images x "
-            f"{len(by_image[avg_ids[0]]) if avg_ids else 0} repetitions, {x.shape[1]} sensors x {x.shape[2]} samples "
-            f"at {meta['settings']['sfreq']:g} Hz")
-    return MEEGData(train, _with_trials(avg, singles), meta["ch_names"], layout, np.array(meta["times"]), desc)
+            singles.append(split(k, [f"{n}{TRIAL_MARK}{j}" for j in range(len(k))]))
+    layout = np.array([[np.nan, np.nan] if p is None else p for p in meta["layout"]], np.float32)
+    reps = len(by_image[avg_ids[0]]) if avg_ids else 0
+    desc = (f"THINGS-MEG {subject} ({root}): {len(train)} training trials, {len(avg)} test images x {reps} "
+            f"repetitions, {len(large) if large is not None else 0} held-out trials of the test concepts (large set), "
+            f"{x.shape[1]} sensors x {x.shape[2]} samples at {meta['settings']['sfreq']:g} Hz")
+    return MEEGData(train, _with_trials(avg, singles), meta["ch_names"], layout, np.array(meta["times"]), desc, large,
+                    {subject: layout})
 
 
 # ----------------------------------------------------------------------------- THINGS-EEG2 (release)
@@ -188,12 +320,30 @@ def eeg2_images(root: Path, split: str, size: int) -> tuple[np.ndarray, list[str
     return np.stack(out), [f"{p.parent.name}/{p.name}" for p in files], [p.parent.name.split("_", 1)[-1] for p in files]
 
 
+def eeg_positions(ch_names: list[str], sfreq: float) -> np.ndarray:
+    """(C, 2) brain-module positions of EEG channels placed by MNE's standard 10-20 montage (NaN for a channel the
+    montage lacks)."""
+    import mne
+
+    name = "colin27_1020" if "colin27_1020" in mne.channels.get_builtin_montages() else "standard_1020"  # MNE 1.13
+    info = mne.create_info(list(ch_names), sfreq, "eeg")
+    info.set_montage(name, on_missing="ignore")
+    return montage_positions(info)
+
+
+def eeg2_subject(subject: int | str) -> str:
+    m = re.fullmatch(r"(?:sub-)?0*(\d+)", str(subject))
+    if not m:
+        raise DataError(f"THINGS-EEG2 subject must be a number or sub-XX, got {subject!r}")
+    return f"sub-{int(m.group(1)):02d}"
+
+
 def eeg2_pairs(root: str | Path, subject: int | str = 1, image_size: int = 256, include_test_trials: bool = False,
                average_train: bool = False) -> MEEGData:
     """Pairs of one THINGS-EEG2 subject from the release: ``preprocessed_data/sub-XX/*.npy`` and ``image_set/``;
-    channel positions from MNE's standard 10-20 montage."""
+    channel positions from MNE's standard 10-20 montage (:func:`eeg_positions`)."""
     root = Path(root)
-    sub = f"sub-{int(str(subject).removeprefix('sub-')):02d}"
+    sub = eeg2_subject(subject)
     data = {}
     for split, name in zip(("training", "test"), EEG2_FILES):
         f = root / "preprocessed_data" / sub / name
@@ -203,11 +353,7 @@ def eeg2_pairs(root: str | Path, subject: int | str = 1, image_size: int = 256, 
     (xtr, ch, t), (xte, ch_te, t_te) = data["training"], data["test"]
     if ch != ch_te or not np.allclose(t, t_te):
         raise DataError(f"{root}: the training and test files have different channels or times")
-    pos = standard_1020_positions()
-    missing = [c for c in ch if c not in pos]
-    if missing:
-        raise DataError(f"sensor positions missing: {missing} are not in MNE's standard_1020 montage")
-    layout = sensor_layout(np.stack([pos[c] for c in ch]))
+    layout = eeg_positions(ch, float(1 / np.median(np.diff(t))) if len(t) > 1 else 100.0)
     splits = {}
     for split, x in (("training", xtr), ("test", xte)):
         imgs, ids, concepts = eeg2_images(root, split, image_size)
@@ -219,28 +365,41 @@ def eeg2_pairs(root: str | Path, subject: int | str = 1, image_size: int = 256, 
     x, imgs, ids, concepts = splits["training"]
     lab = np.array([label[c] for c in concepts])
     if average_train:
-        train = PairedSplit(x.mean(1).astype(np.float32), imgs, lab, ids, ["things-eeg2"] * len(ids))
+        train = PairedSplit(x.mean(1).astype(np.float32), imgs, lab, ids, ["things-eeg2"] * len(ids), [sub] * len(ids))
     else:
         r = x.shape[1]
         train = PairedSplit(x.reshape(-1, *x.shape[2:]).astype(np.float32), np.repeat(imgs, r, 0), np.repeat(lab, r),
-                            [i for i in ids for _ in range(r)], ["things-eeg2"] * (len(ids) * r))
+                            [i for i in ids for _ in range(r)], ["things-eeg2"] * (len(ids) * r), [sub] * (len(ids) * r))
     x, imgs, ids, concepts = splits["test"]
     lab = np.array([label[c] for c in concepts])
-    avg = PairedSplit(x.mean(1).astype(np.float32), imgs, lab, ids, ["things-eeg2"] * len(ids))
+    avg = PairedSplit(x.mean(1).astype(np.float32), imgs, lab, ids, ["things-eeg2"] * len(ids), [sub] * len(ids))
     singles = []
     if include_test_trials:
         r = x.shape[1]
         singles = [PairedSplit(x[i].astype(np.float32), np.repeat(imgs[i:i + 1], r, 0), np.repeat(lab[i:i + 1], r),
-                               [f"{ids[i]}{TRIAL_MARK}{j}" for j in range(r)], ["things-eeg2"] * r) for i in range(len(ids))]
+                               [f"{ids[i]}{TRIAL_MARK}{j}" for j in range(r)], ["things-eeg2"] * r, [sub] * r)
+                   for i in range(len(ids))]
     desc = (f"THINGS-EEG2 {root} {sub}: {len(train)} training trials, {len(avg)} test images x {xte.shape[1]} "
             f"repetitions, {len(ch)} channels x {len(t)} samples")
-    return MEEGData(train, _with_trials(avg, singles), ch, layout, t, desc)
+    return MEEGData(train, _with_trials(avg, singles), ch, layout, t, desc, None, {sub: layout})
+
+
+def eeg2_subjects_pairs(root: str | Path, subjects, image_size: int = 256, include_test_trials: bool = False,
+                        average_train: bool = False) -> MEEGData:
+    """Several THINGS-EEG2 subjects in one set of splits (see :func:`combine`)."""
+    names = [eeg2_subject(s) for s in subjects]
+    if len(set(names)) != len(names):
+        raise DataError(f"data.subjects names a subject twice: {list(subjects)}")
+    return combine([eeg2_pairs(root, s, image_size, include_test_trials, average_train) for s in names])
 
 
 def meeg_world_settings(path: str | Path) -> dict | None:
     """The settings (:class:`mindvis.world.SyntheticWorldConfig` fields) of the synthetic world a THINGS-MEG
-    preparation or THINGS-EEG2 folder came from, or None for real data."""
+    preparation (or a folder of them) or THINGS-EEG2 folder came from, or None for real data."""
     meta = Path(path) / "meta.json"
+    if not meta.is_file() and Path(path).is_dir():
+        found = sorted(Path(path).glob("*/meta.json"))
+        meta = found[0] if found else meta
     if not meta.is_file():
         return None
     m = json.loads(meta.read_text())

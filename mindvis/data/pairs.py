@@ -24,6 +24,7 @@ class PairedSplit:
     labels: np.ndarray  # (N,) int64, -1 = unknown
     ids: list[str]  # stimulus ids
     dataset: list[str] = field(default_factory=list)  # per sample: "god" / "bold5000" / ...
+    subjects: list[str] = field(default_factory=list)  # per sample: the subject (M/EEG multi-subject training)
 
     def __post_init__(self):
         n = len(self.fmri)
@@ -32,6 +33,11 @@ class PairedSplit:
                             f"{len(self.labels)} labels, {len(self.ids)} ids")
         if not self.dataset:
             self.dataset = ["?"] * n
+        if not self.subjects:
+            self.subjects = [""] * n
+        if len(self.dataset) != n or len(self.subjects) != n:
+            raise DataError(f"mismatched pair counts: {n} samples, {len(self.dataset)} dataset names, "
+                            f"{len(self.subjects)} subjects")
 
     def __len__(self) -> int:
         return len(self.fmri)
@@ -39,7 +45,11 @@ class PairedSplit:
     def subset(self, idx) -> "PairedSplit":
         idx = np.asarray(idx, dtype=np.int64)
         return PairedSplit(self.fmri[idx], self.images[idx], self.labels[idx], [self.ids[i] for i in idx],
-                           [self.dataset[i] for i in idx])
+                           [self.dataset[i] for i in idx], [self.subjects[i] for i in idx])
+
+    def with_fmri(self, fmri: np.ndarray) -> "PairedSplit":
+        """The same pairs with other brain data (e.g. flattened or cropped in time)."""
+        return PairedSplit(fmri, self.images, self.labels, self.ids, self.dataset, self.subjects)
 
 
 def concat_splits(splits: list[PairedSplit], num_voxels: int | None = None) -> PairedSplit:
@@ -51,7 +61,8 @@ def concat_splits(splits: list[PairedSplit], num_voxels: int | None = None) -> P
         raise DataError(f"cannot combine images of different sizes {sorted(sizes)}")
     return PairedSplit(np.concatenate([fit_length(s.fmri, n) for s in splits]),
                        np.concatenate([s.images for s in splits]), np.concatenate([s.labels for s in splits]),
-                       [i for s in splits for i in s.ids], [d for s in splits for d in s.dataset])
+                       [i for s in splits for i in s.ids], [d for s in splits for d in s.dataset],
+                       [j for s in splits for j in s.subjects])
 
 
 TRIAL_MARK = "#trial"  # in the id of a single-trial test row; test rows without it are repetition averages

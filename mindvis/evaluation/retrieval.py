@@ -42,9 +42,10 @@ def relative_median_rank(sim: torch.Tensor) -> float:
     return float(((true_rank(sim) - 1).double() / max(1, n - 1)).median())
 
 
-def large_set_retrieval(pred: torch.Tensor, target: torch.Tensor, distractors: torch.Tensor) -> dict:
-    """Meta's large retrieval set: each decoded row against its own target among every target and ``distractors``
-    (rows of ``target`` are the true items): top-1, top-5 and the relative median rank, with their chance."""
+def distractor_retrieval(pred: torch.Tensor, target: torch.Tensor, distractors: torch.Tensor) -> dict:
+    """Each decoded row against its own target among every target and ``distractors`` (rows of ``target`` are the
+    true items): top-1, top-5 and the relative median rank, with their chance. (Benchetrit et al.'s large set is
+    another thing: held-out trials of the test concepts, see mindvis.align.scoring.large_set_scores.)"""
     sim = torch.cat([cosine_similarity(pred, target), cosine_similarity(pred, distractors)], 1)
     n = sim.shape[1]
     return {"top1": top_k(sim, 1), "top5": top_k(sim, 5), "median_rank": relative_median_rank(sim), "candidates": n,

@@ -51,6 +51,10 @@ class BrainModuleConfig:
     n_times: int  # samples per input window (the affine aggregation has one weight per sample)
     dim: int  # the target embedding's size (the heads' output); 0 with aggregation "none"
     subjects: list = field(default_factory=lambda: ["0"])  # one subject layer each (n_subjects)
+    #: per-subject montages over the same channel list as ``positions`` ({subject: (C, 2)}, None / NaN rows: the
+    #: subject lacks that channel): a sample's positions are its subject's (brainmagick: its recording's); subjects
+    #: not listed use ``positions``
+    subject_positions: dict = field(default_factory=dict)
     merger_channels: int = 270  # merger_channels
     fourier_harmonics: int = 32  # K; merger_pos_dim = 2 K^2 = 2048
     fourier_margin: float = 0.2  # FourierEmb margin
@@ -86,6 +90,17 @@ class BrainModuleConfig:
             raise ValueError("positions must be a (channels, 2) list of sensor positions (None for none)")
         if self.positions and all(p is None for p in self.positions):
             raise ValueError("no sensor has a position: the spatial attention would mask every channel")
+        self.subject_positions = {str(k): [None if p is None or not np.all(np.isfinite(np.asarray(p, dtype=float)))
+                                           else [float(v) for v in p] for p in m]
+                                  for k, m in self.subject_positions.items()}
+        unknown = sorted(set(self.subject_positions) - {str(s) for s in self.subjects})
+        if unknown:
+            raise ValueError(f"subject_positions names subjects without a subject layer: {unknown}")
+        for k, m in self.subject_positions.items():
+            if len(m) != len(self.positions) or any(p is not None and len(p) != 2 for p in m):
+                raise ValueError(f"subject_positions[{k!r}] must be a ({len(self.positions)}, 2) list, as positions")
+            if all(p is None for p in m):
+                raise ValueError(f"subject {k!r} has no sensor with a position")
         if not self.subjects:
             raise ValueError("subjects must name at least one subject")
         if self.kernel_size % 2 != 1:
@@ -266,6 +281,12 @@ class BrainModule(PretrainedMixin, nn.Module):
             self.register_buffer("positions", torch.from_numpy(pos), persistent=False)
         else:
             self.register_buffer("positions", None, persistent=False)
+        montages = None
+        if c.subject_positions:
+            rows = [c.subject_positions.get(str(s), c.positions) for s in c.subjects]
+            montages = torch.from_numpy(normalise_positions([[[np.nan, np.nan] if p is None else p for p in m]
+                                                             for m in rows]))
+        self.register_buffer("subject_montages", montages, persistent=False)  # (S, C, 2) or None
         # created in brainmagick's order (SimpleConv.__init__), so that one seed gives both the same weights
         self.channel_dropout = ChannelDropout(c.channel_dropout, c.channel_dropout_rescale) if c.channel_dropout else None
         self.merger = ChannelMerger(c.merger_channels, c.fourier_harmonics, c.fourier_margin, c.spatial_dropout)
@@ -316,10 +337,15 @@ class BrainModule(PretrainedMixin, nn.Module):
             raise KeyError(f"no subject layer for {missing}; this brain module has {list(self.subject_index)}")
         return torch.tensor([self.subject_index[str(s)] for s in names], device=device)
 
-    def batch_positions(self, x: torch.Tensor, positions=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_positions(self, x: torch.Tensor, positions=None, subjects: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, C, 2) normalised positions with the missing ones at 0, and (N, C) which are real: ``positions`` (C, 2)
-        or (N, C, 2) in any units (NaN: none), else the configured montage."""
-        if positions is None:
+        or (N, C, 2) in any units (NaN: none), else each sample's subject's montage (``subjects``: (N,) indices,
+        with ``subject_positions``), else the configured montage."""
+        if positions is None and self.subject_montages is not None:
+            ids = torch.zeros(len(x), dtype=torch.long) if subjects is None else subjects.detach().long()
+            pos = self.subject_montages[ids.to(self.subject_montages.device)]
+        elif positions is None:
             if self.positions is None:
                 raise ValueError("this brain module has no montage: give positions (N or 1, C, 2) with the batch")
             pos = self.positions
@@ -338,7 +364,8 @@ class BrainModule(PretrainedMixin, nn.Module):
                          stages: dict | None = None) -> torch.Tensor:
         """(N, C, T) -> (N, features, T), brainmagick's SimpleConv output. ``centre`` (2,): the spatial dropout's
         point in training (default: drawn, one per batch); ``stages``: filled with each stage's output."""
-        pos, valid = self.batch_positions(x, positions)
+        ids = self.subject_ids(subject, len(x), x.device)
+        pos, valid = self.batch_positions(x, positions, ids)
         if self.channel_dropout is not None:
             x = self.channel_dropout(x, pos, valid)
         z = self.merger(x, pos, valid, centre)
@@ -348,7 +375,7 @@ class BrainModule(PretrainedMixin, nn.Module):
             z = self.initial_linear(z)
             if stages is not None:
                 stages["initial_linear"] = z
-        z = self.subject_layers(z, self.subject_ids(subject, len(x), x.device))
+        z = self.subject_layers(z, ids)
         if stages is not None:
             stages["subject_layers"] = z
         z = self.encoder(z)

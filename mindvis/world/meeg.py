@@ -12,11 +12,15 @@ background 1/f activity and an alpha rhythm (around 10 Hz) from posterior source
 (evoked-signal variance over noise variance, averaged over sensors and the first 500 ms).
 
 Layouts:
-* **THINGS-MEG** (OpenNeuro ds004212, BIDS): ``sub-BIGMEG<n>/ses-<k>/meg/*_task-main_run-<r>_meg.fif``
-  continuous recordings (magnetometers on a helmet, positions in each channel's ``loc``; a trigger channel
-  ``UPPT001``), ``*_events.tsv`` with every image onset (onset s, sample, trial_type exp / test, image_nr,
-  image_path), ``*_channels.tsv``, and the images under ``stimuli/``. Training images are shown once, the test
-  images ``meeg_test_repeats`` times, in a random order; stimulus-onset asynchrony 1.5 +- 0.2 s as THINGS-MEG.
+* **THINGS-MEG** (OpenNeuro ds004212, BIDS), in the release's own layout (see
+  :mod:`mindvis.world.writers.things_meg`): ``sub-BIGMEG<n>/ses-01/meg/*_task-main_run-<r>_meg.fif`` continuous
+  recordings of CTF-like axial gradiometers (named and placed after MNE's CTF-275 layout) with CTF reference sensors
+  and a compensation matrix, the trigger ``UPPT001`` (64 at every trial onset), ``*_channels.tsv`` typed as the release
+  types them (sensors OTHER, trigger MISC) with one bad channel, ``*_events.tsv`` with the release's columns (no image
+  paths), ``sourcedata/sample_attributes_P<n>.csv`` with the image of every trial, and the images under ``stimuli/``
+  (the test images in one flat folder). Training images are shown once, the other images of the test concepts once,
+  the test images ``meeg_test_repeats`` times, with catch trials, in a random order; stimulus-onset asynchrony
+  1.5 +- 0.2 s as THINGS-MEG.
 * **THINGS-EEG2** (Gifford et al. 2022): ``preprocessed_data/sub-XX/preprocessed_eeg_{training,test}.npy``, each a
   dict with ``preprocessed_eeg_data`` (images x repetitions x channels x times), ``ch_names`` (the release's 17
   occipito-parietal channels) and ``times`` (-0.2 to 0.79 s at 100 Hz), and ``image_set/{training,test}_images/
@@ -50,15 +54,6 @@ def area_kernel(area: str, times: np.ndarray) -> np.ndarray:
     onset = peak - 2 * tau  # (t/tau)^2 exp(-t/tau) peaks at t = 2 tau
     t = np.clip(times - onset, 0, None) / tau
     return (t**2 * np.exp(-t)) / (4 * np.exp(-2))
-
-
-def helmet_positions(n: int) -> np.ndarray:
-    """(n, 3) sensor positions (m) spread evenly over the upper part of a 12-cm sphere (a Fibonacci lattice)."""
-    i = np.arange(n) + 0.5
-    z = 1 - i / n * 1.1  # from the vertex down to a little below the equator
-    r = np.sqrt(np.clip(1 - z**2, 0, None))
-    phi = np.pi * (3 - np.sqrt(5)) * i
-    return 0.12 * np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
 
 
 def eeg2_positions() -> np.ndarray:
@@ -136,13 +131,49 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def meeg_sources(world, s: int, sensors: np.ndarray, rng: np.random.Generator):
+def meeg_sources(world, s: int, sensors: np.ndarray, rng: np.random.Generator, extra=None):
     """Subject ``s``'s dipoles for M/EEG (its visual cortex from its own stream) and their amplitudes for the
-    GOD-like training then test images: (Sources, (images, S) amplitudes, number of training images)."""
+    GOD-like training then test images (then the ``extra`` (images, classes), if given): (Sources, (images, S)
+    amplitudes, number of training images)."""
     train_imgs, train_cls, test_imgs, test_cls = world.god_stimuli()
     f_tr, e_tr = world.stimulus_features(train_imgs, train_cls)
     f_te, e_te = world.stimulus_features(test_imgs, test_cls)
     brain = world.task_brain(TASK_AREAS, world.cfg.god_voxels, 300 + s, f_tr, e_tr)
     sources = make_sources(list(brain.areas), world.cfg.meeg_sources_per_area, sensors, rng)
-    signal = np.concatenate([brain.signal(f_tr, e_tr), brain.signal(f_te, e_te)])
+    signal = [brain.signal(f_tr, e_tr), brain.signal(f_te, e_te)]
+    if extra is not None:
+        signal.append(brain.signal(*world.stimulus_features(*extra)))
+    signal = np.concatenate(signal)
     return sources, source_amplitudes(signal, brain.area_sizes, world.cfg.meeg_sources_per_area), len(f_tr)
+
+
+#: the CTF system's reference sensors the synthetic THINGS-MEG carries (a few of the release's 28: 9 reference
+#: magnetometers BG*/BP*/BR* and 19 reference gradiometers G*/P*/Q*/R*), as (name, MNE coil kind)
+MEG_REFERENCES = (("BG1-1609", "mag"), ("BP1-1609", "mag"), ("BR1-1609", "mag"), ("G11-1609", "grad"),
+                  ("P11-1609", "grad"), ("Q11-1609", "grad"))
+#: the sensor Hebart et al. drop as broken (THINGS-data MEG/step1_preprocessing.py); the synthetic one is flat
+MEG_BROKEN = "MRO11-1609"
+CTF_SUFFIX = "-1609"  # the release's channel names end in the system's number (MLC11-1609)
+
+
+def ctf_sensors(n: int) -> tuple[list[str], np.ndarray]:
+    """``n`` sensor names of MNE's CTF-275 layout (evenly spaced in the layout's order, MRO11 among them) with the
+    release's suffix, and (n, 3) positions (m) on a 12-cm sphere: the layout's 2-D map read as an azimuthal
+    projection of the helmet (nose up, left on the left), so that the layout the decoder sees and the geometry the
+    signals come from agree."""
+    import mne
+
+    layout = mne.channels.read_layout("CTF-275")
+    bare = [name.split("-")[0] for name in layout.names]
+    if not 1 <= n <= len(bare):
+        raise ValueError(f"meg_sensors must be 1..{len(bare)} (the CTF-275 layout), got {n}")
+    broken = bare.index(MEG_BROKEN.split("-")[0])
+    others = [i for i in range(len(bare)) if i != broken]
+    idx = sorted({others[int(round(k))] for k in np.linspace(0, len(others) - 1, n - 1)} | {broken}) if n > 1 else [broken]
+    centre = layout.pos[:, :2] + layout.pos[:, 2:4] / 2
+    xy = centre - centre.mean(0)
+    xy /= np.linalg.norm(xy, axis=1).max()
+    theta = 1.9 * np.linalg.norm(xy, axis=1)  # from the vertex to ~110 degrees at the layout's rim
+    phi = np.arctan2(xy[:, 1], xy[:, 0])
+    pos = 0.12 * np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], 1)
+    return [bare[i] + CTF_SUFFIX for i in idx], pos[idx]
