@@ -87,9 +87,14 @@ def convert_main(argv=None) -> int:
     d.add_argument("dst", help="output model folder")
     d.add_argument("--which", choices=("best", "last"), default="best",
                    help="the best validation epoch's weights (best_state, default) or the last epoch's (all_models)")
+    from .compat.unclip import add_convert_commands
+
+    mindeye2_generators = add_convert_commands(sub)  # from-unclip, from-sd-autoencoder, from-bigg-to-l
     args = p.parse_args(argv)
     try:
-        if args.cmd == "from-brainmagick":
+        if args.cmd in mindeye2_generators:
+            mindeye2_generators[args.cmd](args)
+        elif args.cmd == "from-brainmagick":
             from .compat.brainmagick import convert_brainmagick
 
             convert_brainmagick(args.src, args.dst, args.which)
