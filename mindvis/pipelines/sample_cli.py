@@ -192,6 +192,10 @@ def _from_dcldm(args):
 
 
 def main(argv=None) -> int:
+    from .mindeye_sample import dispatch
+
+    if (rc := dispatch(argv)) is not None:  # a MindEye model: mindvis.pipelines.mindeye_sample
+        return rc
     p = argparse.ArgumentParser(prog="mindvis-sample", description="Reconstruct images from fMRI with a trained DC-LDM "
                                 "(or a mindvis-align decoder and an embedding generator): the paper's grid (ground "
                                 "truth first, then the samples), one PNG per image, and an array file for mindvis-eval.")
