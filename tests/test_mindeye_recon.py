@@ -267,3 +267,104 @@ def test_the_synthetic_chains_with_the_stand_in_generator(nsd40, tmp_path, cache
         dev = " ".join(report["protocol"]["deviations"])
         assert "stands in for" in dev and "image_retrieval" in report["metrics"]
         assert report["settings"]["sampling"]["stand_in"] is True
+
+
+def _clip_tokenizer(folder: Path):
+    """A byte-level CLIP BPE tokenizer without merges (enough for the plumbing)."""
+    from transformers import CLIPTokenizer
+
+    printable = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
+    extra = iter(range(256, 512))
+    chars = [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+    vocab = {t: i for i, t in enumerate(["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars])}
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def tiny_sdxl(folder: Path) -> Path:
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(4)
+    text = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1, intermediate_size=37, num_attention_heads=2,
+                num_hidden_layers=2, vocab_size=600)
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=AutoencoderKL(block_out_channels=(32,), down_block_types=("DownEncoderBlock2D",),
+                          up_block_types=("UpDecoderBlock2D",), norm_num_groups=32, scaling_factor=0.13025),
+        text_encoder=CLIPTextModel(CLIPTextConfig(hidden_size=16, **text)),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=16, projection_dim=8, **text)),
+        tokenizer=_clip_tokenizer(folder / "tok1"), tokenizer_2=_clip_tokenizer(folder / "tok2"),
+        unet=UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+                                  block_out_channels=(32, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                  attention_head_dim=8, norm_num_groups=32, addition_embed_type="text_time",
+                                  addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 8),
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+        add_watermarker=False)
+    pipe.save_pretrained(folder / "sdxl")
+    return folder / "sdxl"
+
+
+def tiny_git(folder: Path, tokens: int = 5, width: int = 12) -> Path:
+    """GIT with a vision tower of ``tokens`` positions of width ``width`` (what the converter feeds it) and its
+    processor (a small BERT vocabulary)."""
+    from transformers import BertTokenizer, CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
+
+    side = int((tokens - 1) ** 0.5)
+    torch.manual_seed(5)
+    model = GitForCausalLM(GitConfig(vision_config={"hidden_size": width, "image_size": 16 * side, "patch_size": 16,
+                                                    "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                    "intermediate_size": 16},
+                                     vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16, max_position_embeddings=32, bos_token_id=2, eos_token_id=3,
+                                     pad_token_id=0))
+    folder.mkdir(parents=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(25)]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    GitProcessor(image_processor=CLIPImageProcessor(), tokenizer=BertTokenizer(str(folder / "vocab.txt"))
+                 ).save_pretrained(folder)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow  # builds tiny SDXL and GIT models (about 20 s)
+def test_mindeye2_refinement_with_captions(nsd40, tmp_path):
+    """--refine: a caption from the prior's tokens (bigG -> L converter, GIT generating from the converted tokens in
+    place of its image encoder's), then SDXL img2img on the unrefined reconstruction (the last 12 of 25 steps)."""
+    from safetensors.torch import save_file
+
+    from mindvis.commands import convert_main
+    from mindvis.compat.mindeye import convert_mindeye2
+    from mindvis.evaluation.cli import main as eval_main
+    from mindvis.pipelines.mindeye_recon import BigGToL, Captioner, SDXLRefiner
+    from mindvis.pipelines.sample_cli import main as sample_main
+
+    sdxl, git = tiny_sdxl(tmp_path), tiny_git(tmp_path / "git")
+    torch.manual_seed(6)
+    save_file(BigGToL(4, 5, 16, 12).state_dict(), str(tmp_path / "conv.safetensors"))
+    captioner = Captioner.from_pretrained(tmp_path / "conv.safetensors", git)
+    caps = captioner(torch.randn(2, 4, 16))
+    assert len(caps) == 2 and all(isinstance(c, str) for c in caps)
+    refiner = SDXLRefiner.from_pretrained(sdxl)
+    img = torch.rand(1, 3, 8, 8)
+    a = refiner(img, "w1 w2", size=32, generator=torch.Generator().manual_seed(0))
+    b = refiner(img, "w7", size=32, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (1, 3, 32, 32) and 0 <= float(a.min()) and float(a.max()) <= 1 and not torch.equal(a, b)
+    me2 = tmp_path / "me2"
+    convert_mindeye2(FIX / "mindeye2" / "multisubject" / "last.pth", me2, subject=0)
+    assert convert_main(["from-unclip", str(FIX / "mindeye2_unclip" / "unclip_tiny.ckpt"), str(tmp_path / "unclip"),
+                         "--num-head-channels", "8", "--latent-size", "12"]) == 0
+    out = tmp_path / "s"
+    vae = tmp_path / "sdxl" / "vae"  # any AutoencoderKL decodes the blurry latents here
+    assert sample_main(["--model", str(me2), "--generator", str(tmp_path / "unclip"), "--blurry-vae", str(vae),
+                        "--data-path", str(nsd40), "--steps", "3", "--limit", "2", "--refine", str(sdxl),
+                        "--captioner", str(tmp_path / "conv.safetensors"), "--git", str(git), "--refine-size", "32",
+                        "--out", str(out)]) == 0
+    with np.load(out / "samples.npz") as z:
+        assert z["captions"].shape == (2,) and z["unrefined"].shape == (2, 1, 24, 24, 3)
+        assert z["samples"].shape == (2, 1, 32, 32, 3)  # refined at --refine-size
+        assert json.loads(str(z["meta"]))["refined"] is True
+    assert eval_main(["--samples", str(out), "--suite", "nsd", "--protocol", "mindeye2"]) == 0
+    assert not any("refinement" in d for d in _report(out)["protocol"]["deviations"])

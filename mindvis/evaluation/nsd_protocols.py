@@ -84,6 +84,8 @@ def deviations(name: str, meta: dict) -> list[str]:
         out.append(f"img2img init: the blurry image resized {meta['blurry_resized']} (the published sizes agree)")
     if name == "mindeye1" and low and "off" in str(low.get("contrastive", "")):
         out.append("low-level model trained without its ConvNeXt-XL contrastive term (teacher not available)")
+    if name == "mindeye2" and meta.get("refined") and meta.get("refine_size") not in (None, 768):
+        out.append(f"refined at {meta['refine_size']} px (published: 768)")
     if name == "mindeye2" and not meta.get("refined"):
         out.append("no SDXL refinement: the unrefined reconstructions take the enhanced ones' place in the blend")
     if name == "mindeye1":

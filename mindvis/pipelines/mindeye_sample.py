@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--captioner", metavar="FILE", help="MindEye2's bigG -> L converter (mindvis-convert "
                                                        "from-bigg-to-l)")
     p.add_argument("--git", metavar="DIR", help="GIT (microsoft/git-large-coco) folder with its processor")
+    p.add_argument("--refine-size", type=int, default=768, help="--refine: the side the unrefined image is resized to "
+                                                               "and refined at (published 768)")
     p.add_argument("--seed", type=int, help=f"seed (published 42 for both)")
     p.add_argument("--limit", type=int, help="decode only the first N test items")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -319,7 +321,8 @@ def run(args) -> int:
                 caption = captioner(tokens)[0]
                 captions.append(caption)
                 unrefined.append(imgs)
-                imgs = torch.cat([_save(refiner(im[None], caption, generator=run_gen)) for im in imgs])
+                imgs = torch.cat([_save(refiner(im[None], caption, size=args.refine_size, generator=run_gen))
+                                  for im in imgs])
             samples.append(imgs)
     seconds = time.time() - t0
     samples_u8 = np.stack([_to_uint8(x) for x in samples])  # (N, K, S, S, 3)
@@ -348,6 +351,7 @@ def run(args) -> int:
             "lowlevel": None if not blurry else {"decoder": blurry_decoder.kind, "source": args.lowlevel or "model",
                                                    **({"contrastive": low_meta.get("contrastive")} if low_meta else {})},
             "blurry_vae": args.blurry_vae, "blurry_resized": resized, "refined": bool(captions), "refine_folder": args.refine,
+            "refine_size": args.refine_size if captions else None,
             "target_space": space if embedder is not None else None, "test_average": averaging,
             "split": None if args.fmri else ("data-path" if args.data_path else "test"),
             "data_path": args.data_path, "fmri_file": args.fmri, "adapter": args.adapter if family == "mindeye2" else None,
