@@ -145,6 +145,9 @@ def convert_main(argv=None) -> int:
         e.add_argument("--data-path", metavar="DIR", help="the prepared NSD subject to score on (sets data.path)")
         e.add_argument("--target", metavar="SPACE", help="the token space (default: the recipe's, "
                                                          "clip-vit-l-14-tokens / openclip-bigg-14-tokens)")
+    from .compat.unclip import add_convert_commands
+
+    mindeye2_generators = add_convert_commands(sub)  # from-unclip, from-sd-autoencoder, from-bigg-to-l
     for sp in sub.choices.values():  # every conversion writes DST: never over an existing one unasked
         sp.formatter_class = PlainHelpFormatter
         sp.add_argument("--overwrite", action="store_true",
@@ -155,8 +158,12 @@ def convert_main(argv=None) -> int:
         from .utils.io import atomic_dir
 
         if getattr(args, "dst", None) is not None:
-            (check_output_file if args.cmd == "to-original" else check_output_folder)(args.dst, args.overwrite)
-        if args.cmd in ("from-mindeye1", "from-mindeye2"):
+            (check_output_file if args.cmd in ("to-original", "from-bigg-to-l") else check_output_folder)(args.dst, args.overwrite)
+        if args.cmd == "from-bigg-to-l":  # one file, written atomically
+            mindeye2_generators[args.cmd](args, args.dst)
+        elif args.cmd in mindeye2_generators:
+            atomic_dir(args.dst, lambda tmp: mindeye2_generators[args.cmd](args, tmp))
+        elif args.cmd in ("from-mindeye1", "from-mindeye2"):
             from mindvis.align.mindeye import convert_to_run
 
             print(convert_to_run(args.cmd[5:], args.src, args.dst, getattr(args, "lowlevel", None),

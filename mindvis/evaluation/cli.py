@@ -36,12 +36,16 @@ def main(argv=None) -> int:
                         "plain bilinear ones; the report marks the row as not comparable to published rows")
     p.add_argument("--embeddings", metavar="FILE", help="--suite nsd: test_embeddings.npz of a mindvis-align run "
                                                         "(retrieval among 300 test items, 30 draws)")
-    p.add_argument("--protocol", choices=sorted(PROTOCOLS),
+    from .nsd_protocols import NSD_PROTOCOLS
+
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS) + list(NSD_PROTOCOLS),
                    help="a published evaluation: paper = MinD-Vis (ViT-H/14 at 518 px, 50-way top-1 with 50 distractor "
                         "draws per sample, mean over samples and best sample, pair-wise MSE/PCC/SSIM/LPIPS; samples "
                         "should be 5 per fMRI from PLMS 250 steps in fp32). Every departure (in the samples' "
                         "sampling or in flags given here) is listed in the report; without ViT-H weights the "
-                        "classification is reported skipped and the rest runs")
+                        "classification is reported skipped and the rest runs. With --suite nsd: mindeye1 (best of "
+                        "the 16 candidates by CLIP similarity) or mindeye2 (0.75 reconstruction + 0.25 blurry), on "
+                        "samples of a MindEye model (mindvis.evaluation.nsd_protocols)")
     p.add_argument("--classifier", default=None,
                    help="vit_h_14 (the paper's), timm:NAME, or synthetic (trained on the synthetic world once). "
                         "Default: synthetic for samples of a synthetic run, else vit_h_14")
@@ -84,6 +88,10 @@ def main(argv=None) -> int:
         return 2
     if args.suite == "nsd":
         return _nsd_suite(args, path, samples, truth, meta)
+    if args.protocol in NSD_PROTOCOLS:
+        print(f"mindvis-eval: error: --protocol {args.protocol} is an NSD-suite protocol (add --suite nsd)",
+              file=sys.stderr)
+        return 2
     base = PROTOCOLS[args.protocol] if args.protocol else DEFAULT_SETTINGS
     chosen = {k: base[k] if getattr(args, k) is None else getattr(args, k) for k in DEFAULT_SETTINGS}
     name = args.classifier or ("synthetic" if world and not args.protocol else "vit_h_14")
@@ -132,20 +140,37 @@ def _nsd_suite(args, path: Path, samples, truth, meta: dict) -> int:
         if args.embeddings:
             arrays = read_npz(args.embeddings, ["contrastive", "target"])
             embeddings = check_embeddings(arrays["contrastive"], arrays["target"], len(truth), args.embeddings)
+        from .nsd_protocols import NSD_PROTOCOLS, load_extras, prepare, protocol_markdown
+
+        blurry, protocol = None, None
+        if args.protocol:  # mindeye1 | mindeye2 (mindvis.evaluation.nsd_protocols)
+            if args.protocol not in NSD_PROTOCOLS:
+                raise DataError(f"--protocol {args.protocol} is not an NSD-suite protocol (mindeye1, mindeye2)")
+            samples, blurry, own, protocol = prepare(args.protocol, path, samples, meta)
+            embeddings = embeddings if embeddings is not None else own
+        elif embeddings is None:  # a MindEye model's samples carry their retrieval embeddings
+            extras = load_extras(path)
+            if "embeddings_pred" in extras and "embeddings_target" in extras:
+                embeddings = {"pred": extras["embeddings_pred"], "target": extras["embeddings_target"]}
         with no_downloads("pass --nsd-weights NAME=FILE") as refused:  # the default networks: torch's cache only
             networks, skipped = load_networks(weights)
         named_weights_failed(weights, skipped)
         for line in refused_downloads(refused):  # skipped, and said where their weights go
             print(f"mindvis-eval: warning: {line}", file=sys.stderr)
-        report = nsd_suite(samples, truth, networks, skipped, embeddings, progress=tqdm, antialias=args.antialias)
+        report = nsd_suite(samples, truth, networks, skipped, embeddings, progress=tqdm, antialias=args.antialias,
+                           blurry=blurry)
     except (DataError, ValueError) as e:
         print(f"mindvis-eval: error: {e}", file=sys.stderr)
         return 2
     report["settings"] |= {"samples_file": str(path), "sampling": meta, "weights": weights,
                            "embeddings": args.embeddings}
+    if protocol:
+        report["protocol"] = protocol
     out = Path(args.out) if args.out else path.parent
     atomic_write_json(out / "nsd_eval.json", report)
-    text = nsd_markdown(report)
+    text = nsd_markdown(report, protocol["name"] if protocol else "mindvis")
+    if protocol:
+        text += protocol_markdown(protocol)
     atomic_write_text(out / "nsd_eval.md", text)
     print(text)
     print(f"report: {out / 'nsd_eval.json'}, {out / 'nsd_eval.md'}")

@@ -197,12 +197,17 @@ def _from_dcldm(args):
 
 
 def main(argv=None) -> int:
+    from .mindeye_sample import dispatch
+
+    if (rc := dispatch(argv)) is not None:  # a MindEye model: mindvis.pipelines.mindeye_sample
+        return rc
     p = argparse.ArgumentParser(prog="mindvis-sample", description="Reconstruct images from fMRI with a trained DC-LDM "
                                 "(or a mindvis-align decoder and an embedding generator): the paper's grid (ground "
                                 "truth first, then the samples), one PNG per image, and an array file for mindvis-eval.",
                                 formatter_class=PlainHelpFormatter)
     p.add_argument("--model", required=True, help="a mindvis-finetune run folder (uses best/) or a DC-LDM folder; with "
-                                                  "--generator, a mindvis-align run folder")
+                                                  "--generator, a mindvis-align run folder; a MindEye model or run "
+                                                  "(mindeye.json) has its own options: --model DIR --help")
     p.add_argument("--generator", metavar="DIR", help="an embedding-conditioned generator (mindvis-train-prior "
                                                       "--condition embedding): the align run's decoded embeddings "
                                                       "(its regression head) are drawn as images")
