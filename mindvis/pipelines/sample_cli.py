@@ -16,7 +16,8 @@ from ..config import ConfigError
 from ..data.fmri import DataError, error_summary
 from ..utils.io import atomic_write, atomic_write_json
 from ..utils.plots import save_image_grid
-from .mindvis_pipeline import PRECISIONS, SCHEDULERS, MindVisPipeline
+from .mindvis_pipeline import (DEFAULT_LCM_STEPS, DEFAULT_SCHEDULER, DEFAULT_STEPS, PRECISIONS, SCHEDULERS,
+                               MindVisPipeline, resolve_sampling)
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -92,11 +93,20 @@ def split_from_run(model_dir: Path, split: str):
     cfg_path = model_dir.parent / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} is missing: --split needs the run folder's config (or use --fmri FILE)")
-    cfg = build_config(FinetuneConfig, cfg_path)
+    from omegaconf import OmegaConf
+
+    if "teacher" in OmegaConf.load(cfg_path):  # a mindvis-distill run: the teacher run's data and split seed
+        from ..finetune.config import DistillConfig
+
+        cfg = build_config(DistillConfig, cfg_path)
+        seed = cfg.data_seed
+    else:
+        cfg = build_config(FinetuneConfig, cfg_path)
+        seed = cfg.train.seed
     if split == "test-trials":
         cfg.data.include_test_trials = True
     enc = json.loads((model_dir / "conditioner" / "config.json").read_text())["encoder"]
-    data = build_stage_b_data(cfg.data, enc["patch_size"], cfg.train.seed)
+    data = build_stage_b_data(cfg.data, enc["patch_size"], seed)
     world = _world_settings(cfg.data)
     if split == "test-trials":
         return single_trials(data.test), world
@@ -160,6 +170,7 @@ def _from_align_run(args):
         raise DataError(f"the decoder in {folder} gives {emb.shape[1]}-dimensional embeddings but the generator "
                         f"{args.generator} takes {want} ({pipe.conditioner.config.target}): use a generator trained "
                         "on the align run's target space")
+    args.scheduler, args.steps = resolve_sampling(args.scheduler, args.steps, pipe.sampler_config)
     t0 = time.time()
     images = pipe(emb, num_samples=args.num_samples, num_inference_steps=args.steps, scheduler=args.scheduler,
                   seed=args.seed, batch_size=args.batch_size, progress=True, precision=args.precision)
@@ -184,10 +195,11 @@ def _from_dcldm(args):
         raise DataError(f"{where}: {fmri.shape[1]} voxels, the model takes {n_vox} (another ROI, subject or "
                         "data.pad_mode?)")
     n = min(len(fmri), args.limit or len(fmri))
+    args.scheduler, args.steps = resolve_sampling(args.scheduler, args.steps, pipe.model.sampler_config)
     t0 = time.time()
     images = pipe(torch.from_numpy(fmri[:n]), num_samples=args.num_samples, num_inference_steps=args.steps,
                   scheduler=args.scheduler, seed=args.seed, batch_size=args.batch_size, progress=True,
-                  precision=args.precision)
+                  precision=args.precision, timings=args.timings)
     return images, time.time() - t0, n, truth, ids, labels, datasets, world, str(model_dir)
 
 
@@ -205,14 +217,17 @@ def main(argv=None) -> int:
                      help="pairs of the run's dataset, prepared as in training (default: test, the repetition "
                           "averages; test-trials: every single repetition of the test stimuli)")
     src.add_argument("--fmri", metavar="FILE", help="fMRI to decode instead: .npy/.npz/.h5, (N, voxels)")
-    p.add_argument("--scheduler", choices=SCHEDULERS, default="unipc",
-                   help="sampler (default: unipc, chosen on validation as the fastest with the quality of the paper's "
-                        "PLMS 250; the paper's protocol: --scheduler plms --steps 250 --precision fp32)")
-    p.add_argument("--steps", type=int, default=8, help="denoising steps (default 8; paper: 250 PLMS)")
+    p.add_argument("--scheduler", choices=("auto", *SCHEDULERS), default="auto",
+                   help="sampler (default auto: lcm for a student distilled by mindvis-distill, else "
+                        f"{DEFAULT_SCHEDULER}; both chosen on validation as the fastest with the quality of the "
+                        "paper's PLMS 250; the paper's protocol: --scheduler plms --steps 250 --precision fp32)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"denoising steps (default: {DEFAULT_LCM_STEPS} for lcm, {DEFAULT_STEPS} otherwise; "
+                        "a student takes 1, 2, 4 ... up to its solver steps; paper: 250 PLMS)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="arithmetic of the conditioner and UNet (autocast): fp32, bf16, fp16, or auto (default: bf16 "
-                        "where the device computes it natively, fp16 on CUDA without bf16, else fp32); the solver and "
-                        "the image decoding stay fp32")
+                   help="arithmetic of conditioning, UNet steps and decoding (autocast): fp32, bf16, fp16, or auto "
+                        "(default: per stage the fastest type on this machine, measured once on this model size and "
+                        "cached); the solver, the VQ codebook lookup and the images stay fp32")
     p.add_argument("--num-samples", type=int, default=5, help="images per fMRI (paper: 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
     p.add_argument("--batch-size", type=int, default=16, help="images denoised at once")
@@ -221,6 +236,7 @@ def main(argv=None) -> int:
                    help="device of the DC-LDM (default: cuda when available)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     args = p.parse_args(argv)
+    args.timings = {}
     try:
         images, seconds, n, truth, ids, labels, datasets, world, model_dir = (
             _from_align_run(args) if args.generator else _from_dcldm(args))
@@ -247,6 +263,8 @@ def main(argv=None) -> int:
     meta = {"model": model_dir, "generator": args.generator, "scheduler": args.scheduler, "steps": args.steps,
             "precision": args.precision, "num_samples": args.num_samples,
             "seed": args.seed, "split": None if args.fmri else args.split, "fmri_file": args.fmri,
+            "stage_precision": args.timings.get("precision"),
+            "stage_seconds": {k: round(v, 3) for k, v in args.timings.items() if isinstance(v, float)},
             "synthetic_world": world, "seconds": round(seconds, 2), "seconds_per_image": round(seconds / (n * args.num_samples), 4)}
     arrays["meta"] = np.array(json.dumps(meta))
     atomic_write(out / "samples.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))
