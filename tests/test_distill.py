@@ -175,7 +175,12 @@ def _summary(run):
 def test_sample_command_uses_the_student(teacher, tmp_path):
     from mindvis.pipelines.sample_cli import main as sample_main
 
-    D.distill(dcfg(teacher, tmp_path, "train.epochs=1"), run_name="s")
+    # the command line: the data settings and the split's seed come from the teacher run's config.yaml
+    assert D.main(["--teacher", str(teacher), "--out", str(tmp_path), "--run-name", "s", *TINY_DISTILL,
+                   "train.epochs=1"]) == 0
+    cfg = build_config(DistillConfig, tmp_path / "s" / "config.yaml")
+    teacher_cfg = build_config(FinetuneConfig, teacher / "config.yaml")
+    assert cfg.data == teacher_cfg.data and cfg.data_seed == teacher_cfg.train.seed
     for steps in ("1", "2", "4"):
         out = tmp_path / f"samples{steps}"
         assert sample_main(["--model", str(tmp_path / "s"), "--steps", steps, "--num-samples", "1",
@@ -217,3 +222,25 @@ def test_consistency_pieces():
     a[0] = ac[0]
     assert torch.allclose(out, a.sqrt().view(-1, 1, 1, 1) * x0 + (1 - a).sqrt().view(-1, 1, 1, 1) * eps)
     assert D.consistency_loss(x0, x0, "huber", 1e-3) == 0 and D.consistency_loss(x0, x0 + 1, "l2", 1e-3) == 1
+
+
+def test_the_embedding_generator_distils_with_the_same_code(tiny_world, cache_dir, tmp_path):
+    from mindvis.data.synthetic import SyntheticWorldConfig
+    from mindvis.finetune.config import PriorConfig
+    from mindvis.finetune.prior import train_prior
+    from mindvis.pipelines.embedding_pipeline import EmbeddingToImagePipeline
+
+    from .conftest import TINY_WORLD
+
+    gen = train_prior(PriorConfig(image_size=16, images_per_class=2, vq_channels=[16, 16, 16], unet_channels=[16, 32],
+                                  context_dim=32, vq_epochs=1, ldm_epochs=1, batch_size=8, condition="embedding",
+                                  target="synthetic", synthetic=SyntheticWorldConfig(**TINY_WORLD)), tmp_path / "gen")
+    assert D.main(["--teacher", str(gen), "--out", str(tmp_path), "--run-name", "s", f"data.cache_dir={cache_dir}",
+                   "distill.guidance=1.5", *TINY_DISTILL, "train.epochs=1"]) == 0
+    summary = _summary(tmp_path / "s")
+    assert summary["kind"] == "generator" and summary["guidance"] == 1.5
+    student = EmbeddingToImagePipeline.from_pretrained(tmp_path / "s" / "best")
+    assert student.sampler_config["original_inference_steps"] == 10 and student.sampler_config["uncond"] == "null_token"
+    emb = torch.randn(3, student.conditioner.config.embed_dim, generator=torch.Generator().manual_seed(0))
+    a = student(emb, num_samples=2, seed=1)  # LCM at the default steps
+    assert a.shape == (3, 2, 3, 16, 16) and torch.equal(a, student(emb, num_samples=2, seed=1, num_inference_steps=2))

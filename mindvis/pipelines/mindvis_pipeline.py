@@ -146,6 +146,8 @@ class MindVisPipeline:
         m, dev = self.model, self.device
         fmri, latents = fmri.to(dev), latents.to(dev)
         ctx, temb = m.condition(fmri)
+        rows = torch.arange(len(latents), device=dev) % len(ctx)
+        ctx, temb = ctx[rows], None if temb is None else temb[rows]
         t = torch.full((len(latents),), 500, device=dev, dtype=torch.long)
 
         def condition(dtype):
@@ -156,7 +158,8 @@ class MindVisPipeline:
             with autocast(dev, dtype):
                 return m.predict_noise(latents, t, ctx, temb)
 
-        key = {"unet": dict(m.unet.config), "vae": dict(m.vae.config), "conditioner": m.conditioner.config.__dict__,
+        size = lambda c: {k: v for k, v in dict(c).items() if not k.startswith("_")}  # noqa: E731 - not the path
+        key = {"unet": size(m.unet.config), "vae": size(m.vae.config), "conditioner": m.conditioner.config.__dict__,
                "batch": len(latents)}
         return probe({"condition": condition, "unet": unet, "decode": lambda dtype: m.decode_latents(latents, dtype)},
                      dev, key, cache_dir)

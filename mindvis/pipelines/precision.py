@@ -91,7 +91,8 @@ def probe_file(cache_dir=None) -> Path:
     return Path(cache_dir or default_cache_dir()) / "precision" / "probe.json"
 
 
-def _time(fn: Callable[[], object], repeats: int, timer: Callable[[], float]) -> float:
+def time_stage(stage: str, name: str, fn: Callable[[], object], repeats: int, timer: Callable[[], float]) -> float:
+    """Median seconds of ``fn`` (stage ``stage`` in type ``name``) after one warm-up call."""
     fn()  # warm-up (allocations, oneDNN kernel selection)
     times = []
     for _ in range(repeats):
@@ -105,8 +106,9 @@ def probe(stages: dict[str, Callable[[torch.dtype], object]], device, model_key:
           timer: Callable[[], float] = time.perf_counter, repeats: int = PROBE_REPEATS) -> StagePrecision:
     """The fastest type per stage: ``stages[name](dtype)`` runs that stage once under that type. Cached by
     (machine, ``model_key``); a cached decision is returned without timing anything."""
-    key = hashlib.sha1(json.dumps({"machine": machine_key(device), "model": model_key}, sort_keys=True,
-                                  default=str).encode()).hexdigest()[:16]
+    model_key = json.loads(json.dumps(model_key, sort_keys=True, default=str))  # plain data (paths, tuples -> JSON)
+    key = hashlib.sha1(json.dumps({"machine": machine_key(device), "model": model_key}, sort_keys=True)
+                       .encode()).hexdigest()[:16]
     path = probe_file(cache_dir)
     try:
         cache = json.loads(path.read_text())
@@ -115,7 +117,8 @@ def probe(stages: dict[str, Callable[[torch.dtype], object]], device, model_key:
     if key in cache:
         return StagePrecision(**{s: DTYPES[cache[key]["decision"][s]] for s in STAGES})
     names = candidates(device)
-    timings = {s: {n: _time(lambda: fn(DTYPES[n]), repeats, timer) for n in names} for s, fn in stages.items()}
+    timings = {s: {n: time_stage(s, n, lambda: fn(DTYPES[n]), repeats, timer) for n in names}
+               for s, fn in stages.items()}
     decision = {}
     for s in STAGES:
         t = timings.get(s, {"fp32": 1.0})
