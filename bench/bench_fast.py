@@ -44,6 +44,9 @@ def run_setting(pipe, fmri, scheduler, steps, precision, seed, num_samples, batc
 
 def warm(pipe, fmri, scheduler, precision, num_samples, batch_size):
     """Run once so that the auto precision probe (cached per batch size) and one-off allocations are not timed."""
+    from mindvis.pipelines.mindvis_pipeline import auto_batch_size
+
+    batch_size = batch_size or auto_batch_size(pipe.model.image_size, len(fmri) * num_samples)
     per = max(1, -(-batch_size // num_samples))
     pipe(fmri[:per], num_samples=num_samples, num_inference_steps=1 if scheduler == "lcm" else 2, scheduler=scheduler,
          batch_size=batch_size, precision=precision)
@@ -120,11 +123,12 @@ def synthetic(args) -> None:
                     f"{100 * agg['nway'][0]:.1f} ± {100 * agg['nway'][1]:.1f} % | "
                     f"{agg['pcc_id'][0]:.3f} ± {agg['pcc_id'][1]:.3f} |")
         print(rows[-1], flush=True)
-    errs = precision_errors(pipes["student"], fmri[:args.batch_size // args.num_samples or 1],
+    errs = precision_errors(pipes["student"], fmri[:10],
                             (1, pipes["student"].model.unet.config.in_channels,
                              pipes["student"].model.unet.config.sample_size, pipes["student"].model.unet.config.sample_size))
     head = [f"# PLMS 250 against the fast default on the {args.split} split ({len(fmri)} fMRI x {args.num_samples} "
-            f"samples; {device_label(args.device)}; torch {torch.__version__}; batch {args.batch_size}; one process)", "",
+            f"samples; {device_label(args.device)}; torch {torch.__version__}; batch {args.batch_size or 'auto'}; one "
+            "process)", "",
             f"Teacher: {dirs['teacher']}. Student: {dirs['student']}. Mean over seeds {args.seeds} of the starting noise "
             "± std over seeds. Chance: 50-way 2 %, identification 0.5. Stage columns: seconds per image spent in "
             "conditioning / UNet steps / decoding; auto: the type each stage got from the measured probe.", "",
@@ -144,7 +148,7 @@ def paper_size(args) -> None:
     from mindvis.pipelines import MindVisPipeline
 
     torch.manual_seed(0)
-    model, voxels, batch, size = build("paper")
+    model, voxels, batch, size = build(args.arch)
     model = model.to(args.device).eval()
     pipes = {"teacher": MindVisPipeline(model),
              "student": MindVisPipeline(DCLDM(model.unet, model.vae, model.conditioner, model.scheduler_config,
@@ -195,8 +199,11 @@ def main() -> None:
                                                                "or student); the first is the speed-up's base")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--num-samples", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=50, help="images denoised at once (the same for every setting)")
+    p.add_argument("--batch-size", type=int, default=None, help="images denoised at once, the same for every setting "
+                                                                "(default: mindvis-sample's automatic batch)")
     p.add_argument("--paper-size", action="store_true", help="time the paper-size architecture (random weights)")
+    p.add_argument("--arch", default="paper", choices=["paper", "synthetic"],
+                   help="--paper-size: the architecture (synthetic: the synthetic preset's, for a quick check)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="bench/results/fast_test.md")
     args = p.parse_args()

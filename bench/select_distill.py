@@ -50,7 +50,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4], help="student steps scored")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--num-samples", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=None, help="default: mindvis-sample's automatic batch")
     p.add_argument("--out", default="bench/results/distill_val.md")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args()

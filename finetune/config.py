@@ -227,6 +227,7 @@ def validate(cfg) -> None:
         (t.grid_samples >= 0 and t.num_samples >= 1 and t.sample_steps >= 1,
          "train.grid_samples/num_samples/sample_steps", (t.grid_samples, t.num_samples, t.sample_steps),
          "grid_samples >= 0, num_samples >= 1, sample_steps >= 1"),
-        (t.sampler in SCHEDULERS, "train.sampler", t.sampler, f"one of {SCHEDULERS}"),
+        (t.sampler in SCHEDULERS and t.sampler != "lcm", "train.sampler", t.sampler,
+         f"one of {tuple(x for x in SCHEDULERS if x != 'lcm')} (lcm samples students of mindvis-distill)"),
         (t.tracker in TRACKERS, "train.tracker", t.tracker, f"one of {TRACKERS}"),
     ])

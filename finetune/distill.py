@@ -513,6 +513,12 @@ def distill(cfg: DictConfig, resume: str | Path | None = None, run_name: str | N
     def save_model(folder: Path, unet):
         run.teacher.save_student(unet, run.sampler_config, folder)
 
+    if main and not resume and len(run.val_ds):  # the starting point: the teacher's UNet sampled as a student
+        before = {"val_loss": evaluate_loss(run, target, tc.seed, tc.batch_size)} | validator(target, None)
+        atomic_write_json(run_dir / "undistilled.json", before)
+        log.info("before distillation (the teacher's UNet with %d LCM steps): %s", tc.sample_steps,
+                 ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
+
     for epoch in range(start_epoch, tc.epochs):
         seed_epoch(tc.seed, epoch, accelerator.process_index)
         loader.set_epoch(epoch)
@@ -578,7 +584,9 @@ def distill(cfg: DictConfig, resume: str | Path | None = None, run_name: str | N
                    "epochs": tc.epochs, "seconds": round(time.time() - t0, 1), "data": run.description,
                    "first_loss": history[0]["loss"] if history else None,
                    "last_loss": history[-1]["loss"] if history else None,
-                   "last_validation": next((h for h in reversed(history) if "val_loss" in h), None)}
+                   "last_validation": next((h for h in reversed(history) if "val_loss" in h), None),
+                   "undistilled_validation": (json.loads((run_dir / "undistilled.json").read_text())
+                                              if (run_dir / "undistilled.json").is_file() else None)}
         atomic_write_json(run_dir / "summary.json", summary)
         _plot(run_dir, history)
         print(f"\ndistillation done: selected epoch {best['epoch']} ({tc.select_metric}); student: {run_dir / 'best'}\n"

@@ -24,7 +24,7 @@ TINY_DISTILL = ["distill.solver_steps=10", "train.batch_size=4", "train.lr=1e-3"
 @pytest.fixture(scope="module")
 def teacher(cache_dir, tiny_world, tmp_path_factory):
     """A tiny DC-LDM teacher saved as a stage-B run folder (config.yaml + best/): a UNet with (16, 32) channels (so
-    that its group norms keep the timestep), a random encoder, trained for a few seconds on the tiny world's pairs
+    that its group norms keep the timestep), a random encoder, trained for 100 steps on the tiny world's pairs
     with a Stable-Diffusion-like schedule (alpha_bar_T 0.0047: its ODE stays bounded after so little training)."""
     from mindvis.data.pairs import PairedDataset
     from mindvis.data.synthetic import SyntheticWorldConfig
@@ -47,7 +47,7 @@ def teacher(cache_dir, tiny_world, tmp_path_factory):
     m.set_trainable("all")
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(200):
+    for _ in range(100):
         loss = m.loss(imgs, fmri, g)
         opt.zero_grad()
         loss.backward()
@@ -117,14 +117,25 @@ def _distances(run: D.Run, unets: dict, n: int = 8) -> dict:
     return out
 
 
-def test_student_approaches_the_teachers_samples(teacher, tmp_path):
-    summary = D.distill(dcfg(teacher, tmp_path, "train.epochs=30"), run_name="s")
-    run = D.Run(dcfg(teacher, tmp_path))
-    student = DCLDM.from_pretrained(tmp_path / "s" / "best").unet.eval()
+@pytest.fixture(scope="module")
+def distilled(teacher, tmp_path_factory):
+    """A short distillation of the tiny teacher from the command line (the teacher run's data settings)."""
+    out = tmp_path_factory.mktemp("distilled")
+    assert D.main(["--teacher", str(teacher), "--out", str(out), "--run-name", "s", *TINY_DISTILL,
+                   "train.epochs=30"]) == 0
+    return out / "s"
+
+
+def test_student_approaches_the_teachers_samples(teacher, distilled):
+    run = D.Run(dcfg(teacher, distilled.parent))
+    student = DCLDM.from_pretrained(distilled / "best").unet.eval()
     dist = _distances(run, {"undistilled": run.teacher.unet, "student": student})
     for steps, d in dist.items():
-        assert d["student"] < 0.85 * d["undistilled"], dist
-    assert summary["last_loss"] < summary["first_loss"]
+        # one step maps the starting noise straight to the teacher's ODE solution; with more steps LCM adds fresh
+        # noise between them, which both chains share but which leaves less for the student to win
+        assert d["student"] < (0.7 if steps < 4 else 0.9) * d["undistilled"], dist
+    summary = _summary(distilled)
+    assert summary["last_loss"] < summary["first_loss"] and summary["undistilled_validation"]["val_loss"] > 0
 
 
 def test_resume_is_exact_and_the_student_reloads_identical(teacher, tmp_path, monkeypatch):
@@ -172,21 +183,22 @@ def _summary(run):
     return json.loads((run / "summary.json").read_text())
 
 
-def test_sample_command_uses_the_student(teacher, tmp_path):
+def test_the_command_line_run_and_sampling(teacher, distilled, tmp_path):
     from mindvis.pipelines.sample_cli import main as sample_main
 
-    # the command line: the data settings and the split's seed come from the teacher run's config.yaml
-    assert D.main(["--teacher", str(teacher), "--out", str(tmp_path), "--run-name", "s", *TINY_DISTILL,
-                   "train.epochs=1"]) == 0
-    cfg = build_config(DistillConfig, tmp_path / "s" / "config.yaml")
+    # the data settings and the split's seed came from the teacher run's config.yaml
+    cfg = build_config(DistillConfig, distilled / "config.yaml")
     teacher_cfg = build_config(FinetuneConfig, teacher / "config.yaml")
     assert cfg.data == teacher_cfg.data and cfg.data_seed == teacher_cfg.train.seed
+    for f in ("train.log", "summary.json", "loss_curve.png", "undistilled.json", "best/sampler/scheduler_config.json",
+              "model/mindvis_dcldm.json"):
+        assert (distilled / f).is_file(), f
     for steps in ("1", "2", "4"):
         out = tmp_path / f"samples{steps}"
-        assert sample_main(["--model", str(tmp_path / "s"), "--steps", steps, "--num-samples", "1",
+        assert sample_main(["--model", str(distilled), "--steps", steps, "--num-samples", "1",
                             "--precision", "fp32", "--out", str(out)]) == 0
         meta = json.loads((out / "sample_config.json").read_text())
-        assert meta["scheduler"] == "lcm" and meta["steps"] == int(steps)
+        assert meta["scheduler"] == "lcm" and meta["steps"] == int(steps) and meta["split"] == "test"
 
 
 def test_bad_settings_are_one_line_errors(teacher, tmp_path, capsys):

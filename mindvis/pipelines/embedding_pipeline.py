@@ -18,18 +18,22 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.embedding_conditioner import EmbeddingConditioner
-from .mindvis_pipeline import denoise, make_scheduler, resolve_precision, resolve_sampling, sample_generators
+from .mindvis_pipeline import (auto_batch_size, denoise, make_scheduler, resolve_precision, resolve_sampling,
+                               sample_generators)
 
 
 @torch.no_grad()
 def sample_with_context(unet, vae, sched, context: torch.Tensor, num_samples: int, steps: int, seed: int = 0,
-                        batch_size: int = 64, progress: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                        batch_size: int | None = None, progress: bool = False,
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """context (N, T, C) -> images (N, num_samples, 3, H, W) in [0, 1]; the noise of the whole call is drawn from
     one generator (and one per sample for noise added between steps), so the result does not depend on
     ``batch_size``."""
     n = context.shape[0]
     context = context.repeat_interleave(num_samples, dim=0)
     c = unet.config
+    batch_size = batch_size or auto_batch_size(c.sample_size * 2 ** (len(vae.config.block_out_channels) - 1),
+                                               len(context))
     latents = torch.randn((len(context), c.in_channels, c.sample_size, c.sample_size),
                           generator=torch.Generator().manual_seed(seed))
     out = []
@@ -77,7 +81,7 @@ class EmbeddingToImagePipeline:
 
     @torch.no_grad()
     def __call__(self, embeddings: torch.Tensor, num_samples: int = 1, num_inference_steps: int | None = None,
-                 scheduler: str | None = None, seed: int = 0, batch_size: int = 64, progress: bool = False,
+                 scheduler: str | None = None, seed: int = 0, batch_size: int | None = None, progress: bool = False,
                  precision: str = "fp32"):
         """``scheduler`` / ``num_inference_steps`` None: LCM at its default steps for a distilled student, else
         DPM-Solver++ 25."""

@@ -89,6 +89,15 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
     return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
+#: ``batch_size=None``: as many images at once as make this many output pixels (1,024 images at 32 px, 16 at 256 px):
+#: small models are dominated by per-call overhead at small batches, large ones by memory at large batches
+PIXELS_PER_BATCH = 2 ** 20
+
+
+def auto_batch_size(image_size: int, total: int) -> int:
+    return max(1, min(total, PIXELS_PER_BATCH // (image_size * image_size)))
+
+
 def _step_takes_generator(sched) -> bool:
     return "generator" in inspect.signature(sched.step).parameters
 
@@ -167,14 +176,15 @@ class MindVisPipeline:
     @torch.no_grad()
     def __call__(self, fmri: torch.Tensor, num_samples: int = 1, num_inference_steps: int | None = None,
                  scheduler: str | None = None, seed: int | None = 0, latents: torch.Tensor | None = None,
-                 batch_size: int = 16, progress: bool = False, return_latents: bool = False,
+                 batch_size: int | None = None, progress: bool = False, return_latents: bool = False,
                  precision: str = "fp32", timings: dict | None = None):
         """fmri (N, 1, V) or (N, V) -> images (N, num_samples, 3, H, W) in [0, 1].
 
         ``scheduler`` / ``num_inference_steps`` None: LCM at its default steps for a distilled student, else the
         original's PLMS 250. ``latents`` (N * num_samples, C, h, w) fixes the starting noise; otherwise it is drawn
         from ``seed`` (one generator for the whole call, and one per sample for noise added between steps, so
-        results do not depend on ``batch_size``). Each fMRI is conditioned once for all its samples.
+        results do not depend on ``batch_size``; None: :func:`auto_batch_size`). Each fMRI is conditioned once for all
+        its samples.
         ``precision`` (fp32 | bf16 | fp16 | auto) sets the autocast type of conditioning, UNet steps and decoding
         (auto: measured per stage, see :mod:`mindvis.pipelines.precision`); the solver, the VQ codebook lookup and
         the images stay fp32. ``timings``, a dict, receives the seconds spent per stage.
@@ -196,6 +206,7 @@ class MindVisPipeline:
         if tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         dev = self.device
+        batch_size = batch_size or auto_batch_size(m.image_size, shape[0])
         per = max(1, batch_size // num_samples)  # fMRI per batch of at most ~batch_size images
         prec = self.stage_precision(precision, fmri[:per], latents[:batch_size])
         clock = timings if timings is not None else {}

@@ -230,7 +230,9 @@ def main(argv=None) -> int:
                         "cached); the solver, the VQ codebook lookup and the images stay fp32")
     p.add_argument("--num-samples", type=int, default=5, help="images per fMRI (paper: 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
-    p.add_argument("--batch-size", type=int, default=16, help="images denoised at once")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images denoised at once (default: about a million output pixels, e.g. 1,024 images at 32 px "
+                        "and 16 at 256 px: small models pay per call, large ones in memory)")
     p.add_argument("--limit", type=int, default=None, help="decode only the first N fMRI samples")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="device of the DC-LDM (default: cuda when available)")
