@@ -112,6 +112,87 @@ class PriorConfig:
     synthetic: SyntheticWorldConfig = field(default_factory=SyntheticWorldConfig)
 
 
+@dataclass
+class ConsistencyConfig:
+    """Latent consistency distillation (Luo et al. 2023): what the student learns from the teacher."""
+
+    solver_steps: int = 50  # N: the teacher's DDIM solver steps over the skipping-step schedule (k = T / N apart)
+    guidance: float = 1.0  # the teacher's classifier-free guidance scale w (1: no guidance)
+    uncond: str = "mean_fmri"  # DC-LDM's unconditional branch for guidance: mean_fmri (the conditioner of the mean
+    # training fMRI) | zero_context (zero context tokens and no time offset); a generator uses its trained null token
+    loss: str = "huber"  # huber | l2
+    huber_c: float = 0.001
+    ema_decay: float = 0.95  # the target network: an exponential moving average of the student
+    timestep_scaling: float = 10.0  # boundary-condition scalings c_skip / c_out at 10 x t (LCMScheduler's)
+
+
+@dataclass
+class DistillTrainConfig:
+    batch_size: int = 16
+    epochs: int = 40
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    clip_grad: float = 1.0
+    accum_iter: int = 1
+    mixed_precision: str = "no"
+    seed: int = 2022
+    val_every: int = 5  # epochs between validations (consistency loss, student samples, distance to the teacher's)
+    checkpoint_every: int = 5
+    keep_checkpoints: int = 2
+    select_metric: str = "val_pcc_identification"  # val_pcc_identification | val_teacher_mse | val_loss | last
+    grid_samples: int = 16  # validation inputs sampled at each validation
+    num_samples: int = 3  # samples per input
+    sample_steps: int = 2  # the student's steps at validation
+    tracker: str = "none"
+
+
+@dataclass
+class DistillConfig:
+    """``mindvis-distill``: a few-step student of a fine-tuned DC-LDM (or of an embedding-conditioned generator)."""
+
+    teacher: str = ""  # a mindvis-finetune run (its best/), a DC-LDM folder in one, or a generator folder
+    distill: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # DC-LDM: defaults to the teacher run's data settings
+    data_seed: int = 2022  # the seed that carved the validation split: defaults to the teacher run's train.seed
+    train: DistillTrainConfig = field(default_factory=DistillTrainConfig)
+    output_dir: str = "runs/distill"
+
+
+def validate_distill(cfg) -> None:
+    from mindvis.config import MIXED_PRECISIONS, TRACKERS, check_settings
+
+    d, t = cfg.distill, cfg.train
+    check_settings([
+        (bool(cfg.teacher), "teacher", cfg.teacher, "a mindvis-finetune run, a DC-LDM folder or a generator folder "
+                                                    "(--teacher DIR)"),
+        (1 <= d.solver_steps <= 1000, "distill.solver_steps", d.solver_steps, "in [1, 1000] (at most the training "
+                                                                               "timesteps)"),
+        (d.guidance >= 1, "distill.guidance", d.guidance, ">= 1 (1: no guidance)"),
+        (d.uncond in ("mean_fmri", "zero_context"), "distill.uncond", d.uncond, "mean_fmri or zero_context"),
+        (d.loss in ("huber", "l2"), "distill.loss", d.loss, "huber or l2"),
+        (d.huber_c > 0, "distill.huber_c", d.huber_c, "> 0"),
+        (0 <= d.ema_decay < 1, "distill.ema_decay", d.ema_decay, "in [0, 1)"),
+        (d.timestep_scaling > 0, "distill.timestep_scaling", d.timestep_scaling, "> 0"),
+        (t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1"),
+        (t.epochs >= 1, "train.epochs", t.epochs, ">= 1"),
+        (t.lr > 0, "train.lr", t.lr, "> 0"),
+        (t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0"),
+        (t.clip_grad >= 0, "train.clip_grad", t.clip_grad, ">= 0 (0: no clipping)"),
+        (t.accum_iter >= 1, "train.accum_iter", t.accum_iter, ">= 1"),
+        (t.mixed_precision in MIXED_PRECISIONS, "train.mixed_precision", t.mixed_precision, f"one of {MIXED_PRECISIONS}"),
+        (t.val_every >= 1 and t.checkpoint_every >= 1 and t.keep_checkpoints >= 1,
+         "train.val_every/checkpoint_every/keep_checkpoints", (t.val_every, t.checkpoint_every, t.keep_checkpoints),
+         ">= 1"),
+        (t.select_metric in ("val_pcc_identification", "val_teacher_mse", "val_loss", "last"), "train.select_metric",
+         t.select_metric, "val_pcc_identification, val_teacher_mse, val_loss or last"),
+        (t.grid_samples >= 0 and t.num_samples >= 1, "train.grid_samples/num_samples", (t.grid_samples, t.num_samples),
+         "grid_samples >= 0, num_samples >= 1"),
+        (1 <= t.sample_steps <= d.solver_steps, "train.sample_steps", t.sample_steps,
+         f"in [1, distill.solver_steps={d.solver_steps}]"),
+        (t.tracker in TRACKERS, "train.tracker", t.tracker, f"one of {TRACKERS}"),
+    ])
+
+
 def validate(cfg) -> None:
     """Every setting checked before a run starts (see :func:`mindvis.config.check_settings`)."""
     from mindvis.config import MIXED_PRECISIONS, TRACKERS, check_settings
@@ -155,6 +236,7 @@ def validate(cfg) -> None:
         (t.grid_samples >= 0 and t.num_samples >= 1 and t.sample_steps >= 1,
          "train.grid_samples/num_samples/sample_steps", (t.grid_samples, t.num_samples, t.sample_steps),
          "grid_samples >= 0, num_samples >= 1, sample_steps >= 1"),
-        (t.sampler in SCHEDULERS, "train.sampler", t.sampler, f"one of {SCHEDULERS}"),
+        (t.sampler in SCHEDULERS and t.sampler != "lcm", "train.sampler", t.sampler,
+         f"one of {tuple(x for x in SCHEDULERS if x != 'lcm')} (lcm samples students of mindvis-distill)"),
         (t.tracker in TRACKERS, "train.tracker", t.tracker, f"one of {TRACKERS}"),
     ])

@@ -227,13 +227,52 @@ def prior_fingerprint(cfg: PriorConfig) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
+#: priors trained by ``mindvis-train-prior`` with the default settings, shipped with mindvis: ``synthetic-<fingerprint>``
+SHIPPED = Path(__file__).parent / "shipped"
+
+
+def shipped_prior(fingerprint: str) -> Path | None:
+    """The shipped prior folder with this fingerprint, or None."""
+    folder = SHIPPED / f"synthetic-{fingerprint}"
+    return folder if (folder / "unet" / "config.json").is_file() else None
+
+
+def install_shipped(src: Path, out: Path) -> Path:
+    """Copy a shipped prior into the cache folder ``out`` with its weights in float32 (they may be stored in half
+    precision to keep the package small), so that it is an ordinary prior folder from then on."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    def fill(tmp: Path):
+        for f in src.rglob("*"):
+            if f.is_dir() or f.name == "README.md":
+                continue
+            dest = tmp / f.relative_to(src)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if f.suffix == ".safetensors":
+                save_file({k: v.float().contiguous() for k, v in load_file(f).items()}, dest)
+            else:
+                shutil.copy2(f, dest)
+
+    return atomic_dir(out, fill)
+
+
 def ensure_synthetic_prior(world_cfg, cache_dir=None) -> Path:
-    """The cached prior of the synthetic world (trained with the default settings on first use)."""
+    """The cached prior of the synthetic world with the default recipe: the one shipped with mindvis when its
+    fingerprint (the world's image settings and the training recipe) matches, otherwise trained on first use."""
     cfg = PriorConfig(synthetic=world_cfg)
-    out = Path(cache_dir or default_cache_dir()) / "priors" / f"synthetic-{prior_fingerprint(cfg)}"
+    fp = prior_fingerprint(cfg)
+    out = Path(cache_dir or default_cache_dir()) / "priors" / f"synthetic-{fp}"
     if not (out / "unet" / "config.json").is_file():
-        log.info("training the synthetic world's prior once into %s (mindvis-train-prior)", out)
-        train_prior(cfg, out)
+        shipped = shipped_prior(fp)
+        if shipped is not None:
+            log.info("using the synthetic world's prior shipped with mindvis (fingerprint %s) -> %s", fp, out)
+            install_shipped(shipped, out)
+        else:
+            log.info("training the synthetic world's prior once into %s (mindvis-train-prior; no shipped prior has "
+                     "fingerprint %s)", out, fp)
+            train_prior(cfg, out)
     return out
 
 

@@ -152,8 +152,12 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def train_synthetic_classifier(world_cfg, image_size: int, out: str | os.PathLike, per_class: int = 30,
-                               epochs: int = 8, seed: int = 0) -> Path:
+#: the default training recipe (what a shipped classifier must have been trained with)
+RECIPE = {"per_class": 30, "epochs": 8}
+
+
+def train_synthetic_classifier(world_cfg, image_size: int, out: str | os.PathLike, per_class: int = RECIPE["per_class"],
+                               epochs: int = RECIPE["epochs"], seed: int = 0) -> Path:
     """Train the synthetic world's classifier on fresh renders of every class; write ``out``."""
     from safetensors.torch import save_file
 
@@ -193,16 +197,33 @@ def train_synthetic_classifier(world_cfg, image_size: int, out: str | os.PathLik
     return atomic_dir(out, fill)
 
 
+#: classifiers trained by :func:`train_synthetic_classifier` with its default recipe, shipped with mindvis (named as
+#: the cache's folders: the world's image settings and the image size)
+SHIPPED = Path(__file__).parent / "shipped"
+
+
 def synthetic_classifier(world_cfg, image_size: int, cache_dir=None) -> ImageClassifier:
-    """The cached classifier of this world at this image size (trained on first use)."""
+    """The cached classifier of this world at this image size: the shipped one when it was trained for these settings
+    with the default recipe, otherwise trained on first use."""
+    import shutil
+
     from safetensors.torch import load_file
 
     from ..utils.cache import default_cache_dir
+    from ..utils.io import atomic_dir
 
     key = hashlib.sha1(json.dumps({"world": world_cfg.image_settings(), "size": image_size}, sort_keys=True).encode())
-    folder = Path(cache_dir or default_cache_dir()) / "classifiers" / f"synthetic-{key.hexdigest()[:12]}"
+    name = f"synthetic-{key.hexdigest()[:12]}"
+    folder = Path(cache_dir or default_cache_dir()) / "classifiers" / name
     if not (folder / "model.safetensors").is_file():
-        train_synthetic_classifier(world_cfg, image_size, folder)
+        shipped = SHIPPED / name
+        if (shipped / "model.safetensors").is_file() and \
+                {k: json.loads((shipped / "config.json").read_text()).get(k) for k in RECIPE} == RECIPE:
+            log.info("using the synthetic world's classifier shipped with mindvis (%s)", name)
+            atomic_dir(folder, lambda tmp: [shutil.copy2(shipped / f, tmp / f) for f in ("model.safetensors",
+                                                                                           "config.json")])
+        else:
+            train_synthetic_classifier(world_cfg, image_size, folder)
     meta = json.loads((folder / "config.json").read_text())
     net = SmallCNN(meta["n_classes"])
     net.load_state_dict(load_file(folder / "model.safetensors"))

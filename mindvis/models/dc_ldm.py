@@ -3,7 +3,9 @@
 Components, each saved with ``save_pretrained`` into its own subfolder, as a diffusers pipeline:
 ``unet`` (UNet2DConditionModel; with time conditioning its class embedding is the identity, so the
 conditioner's offset is added to the timestep embedding), ``vae`` (VQModel or AutoencoderKL),
-``conditioner`` (:class:`FMRIConditioner`) and ``scheduler`` (the prior's noise schedule).
+``conditioner`` (:class:`FMRIConditioner`) and ``scheduler`` (the prior's noise schedule). A student distilled by
+``mindvis-distill`` also has ``sampler/`` (the ``LCMScheduler`` config it samples with: the teacher's noise schedule
+and the number of solver steps it was distilled on); ``mindvis-sample`` then uses it by default.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ def vae_classes():
 class DCLDM(nn.Module):
     """UNet + first-stage autoencoder + fMRI conditioner + noise schedule."""
 
-    def __init__(self, unet, vae, conditioner: FMRIConditioner, scheduler_config: dict):
+    def __init__(self, unet, vae, conditioner: FMRIConditioner, scheduler_config: dict,
+                 sampler_config: dict | None = None):
         super().__init__()
         from diffusers import DDPMScheduler
 
@@ -39,6 +42,7 @@ class DCLDM(nn.Module):
                              f"cross-attention width {unet.config.cross_attention_dim}")
         self.unet, self.vae, self.conditioner = unet, vae, conditioner
         self.scheduler_config = dict(scheduler_config)
+        self.sampler_config = dict(sampler_config) if sampler_config else None  # a distilled student's LCM settings
         self.noise_scheduler = DDPMScheduler(**{k: v for k, v in self.scheduler_config.items() if not k.startswith("_")})
 
     # ------------------------------------------------------------------ pieces
@@ -61,9 +65,21 @@ class DCLDM(nn.Module):
         z = enc.latents if hasattr(enc, "latents") else enc.latent_dist.sample()
         return z * self.scale_factor
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> (N, 3, H, W) in [-1, 1] (VQ latents are quantised first, as LDM sampling)."""
-        return self.vae.decode(latents / self.scale_factor).sample
+    def decode_latents(self, latents: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Scaled latents -> (N, 3, H, W) in [-1, 1] (VQ latents are quantised first, as LDM sampling). With a reduced
+        ``dtype`` the decoder's convolutions run under autocast; the codebook lookup stays fp32 (a rounded distance
+        could pick another code) and the images are fp32."""
+        from ..pipelines.precision import autocast
+
+        h = latents.float() / self.scale_factor
+        if dtype == torch.float32:
+            return self.vae.decode(h).sample
+        if hasattr(self.vae, "quantize"):
+            h = self.vae.quantize(h)[0]
+            with autocast(h.device, dtype):
+                return self.vae.decode(h, force_not_quantize=True).sample.float()
+        with autocast(h.device, dtype):
+            return self.vae.decode(h).sample.float()
 
     def condition(self, fmri: torch.Tensor):
         """fMRI -> (context tokens, time-embedding offset or None)."""
@@ -119,7 +135,11 @@ class DCLDM(nn.Module):
         self.vae.save_pretrained(folder / "vae")
         self.conditioner.save_pretrained(folder / "conditioner")
         DDPMScheduler(**self.noise_scheduler.config).save_pretrained(folder / "scheduler")
-        atomic_write_json(folder / INDEX_NAME, {"vae": type(self.vae).__name__, "format": "mindvis DC-LDM 1"})
+        index = {"vae": type(self.vae).__name__, "format": "mindvis DC-LDM 1"}
+        if self.sampler_config:
+            save_sampler(self.scheduler_config, self.sampler_config, folder / "sampler")
+            index["sampler"] = "lcm"
+        atomic_write_json(folder / INDEX_NAME, index)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "DCLDM":
@@ -147,4 +167,33 @@ class DCLDM(nn.Module):
         vae = component(vae_classes()[index["vae"]], "vae")
         conditioner = FMRIConditioner.from_pretrained(folder / "conditioner")
         sched = dict(component(DDPMScheduler, "scheduler").config)
-        return cls(unet, vae, conditioner, sched)
+        return cls(unet, vae, conditioner, sched, load_sampler(folder))
+
+
+def save_sampler(scheduler_config: dict, sampler_config: dict, folder: Path) -> None:
+    """``folder/scheduler_config.json``: the ``LCMScheduler`` a distilled student samples with."""
+    from diffusers import LCMScheduler
+
+    base = {k: scheduler_config[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                                             "prediction_type") if k in scheduler_config}
+    LCMScheduler(**base, original_inference_steps=int(sampler_config["original_inference_steps"]),
+                 timestep_scaling=float(sampler_config.get("timestep_scaling", 10.0)),
+                 clip_sample=False).save_pretrained(folder)
+    from ..utils.io import atomic_write_json
+
+    atomic_write_json(folder / "distillation.json", {k: v for k, v in sampler_config.items()})
+
+
+def load_sampler(folder: Path) -> dict | None:
+    """A distilled student's LCM settings (``sampler/``), or None for a model that was not distilled."""
+    from .persistence import read_json
+
+    cfg_file = folder / "sampler" / "scheduler_config.json"
+    if not cfg_file.is_file():
+        return None
+    cfg = read_json(cfg_file)
+    extra = folder / "sampler" / "distillation.json"
+    out = read_json(extra) if extra.is_file() else {}
+    out.update({"original_inference_steps": int(cfg["original_inference_steps"]),
+                "timestep_scaling": float(cfg.get("timestep_scaling", 10.0))})
+    return out

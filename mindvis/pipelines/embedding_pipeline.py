@@ -18,24 +18,30 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.embedding_conditioner import EmbeddingConditioner
-from .mindvis_pipeline import denoise, make_scheduler, resolve_precision
+from .mindvis_pipeline import (auto_batch_size, denoise, make_scheduler, resolve_precision, resolve_sampling,
+                               sample_generators)
 
 
 @torch.no_grad()
 def sample_with_context(unet, vae, sched, context: torch.Tensor, num_samples: int, steps: int, seed: int = 0,
-                        batch_size: int = 64, progress: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                        batch_size: int | None = None, progress: bool = False,
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """context (N, T, C) -> images (N, num_samples, 3, H, W) in [0, 1]; the noise of the whole call is drawn from
-    one generator, so the result does not depend on ``batch_size``."""
+    one generator (and one per sample for noise added between steps), so the result does not depend on
+    ``batch_size``."""
     n = context.shape[0]
     context = context.repeat_interleave(num_samples, dim=0)
     c = unet.config
+    batch_size = batch_size or auto_batch_size(c.sample_size * 2 ** (len(vae.config.block_out_channels) - 1),
+                                               len(context))
     latents = torch.randn((len(context), c.in_channels, c.sample_size, c.sample_size),
                           generator=torch.Generator().manual_seed(seed))
     out = []
     for start in tqdm(range(0, len(context), batch_size), desc="sampling", disable=not progress, leave=False):
         ctx = context[start:start + batch_size]
         x = denoise(sched, latents[start:start + batch_size], steps,
-                    lambda x, t: unet(x, t, encoder_hidden_states=ctx).sample, dtype)
+                    lambda x, t: unet(x, t, encoder_hidden_states=ctx).sample, dtype,
+                    sample_generators(seed, start, len(ctx)))
         out.append(((vae.decode(x / vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1))
     images = torch.cat(out)
     return images.view(n, num_samples, *images.shape[1:])
@@ -51,9 +57,11 @@ def load_generator_parts(folder: str | os.PathLike):
 
 
 class EmbeddingToImagePipeline:
-    def __init__(self, unet, vae, conditioner: EmbeddingConditioner, scheduler_config: dict):
+    def __init__(self, unet, vae, conditioner: EmbeddingConditioner, scheduler_config: dict,
+                 sampler_config: dict | None = None):
         self.unet, self.vae, self.conditioner = unet.eval(), vae.eval(), conditioner.eval()
         self.scheduler_config = scheduler_config
+        self.sampler_config = sampler_config  # a distilled student's LCM settings (mindvis-distill)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "EmbeddingToImagePipeline":
@@ -61,21 +69,28 @@ class EmbeddingToImagePipeline:
         if not (folder / "embedding_conditioner" / "config.json").is_file():
             raise FileNotFoundError(f"{folder} is not an embedding-conditioned generator (no embedding_conditioner/; "
                                     "train one with mindvis-train-prior --condition embedding)")
+        from ..models.dc_ldm import load_sampler
+
         unet, vae, scheduler_config = load_generator_parts(folder)
-        return cls(unet, vae, EmbeddingConditioner.from_pretrained(folder / "embedding_conditioner"), scheduler_config)
+        return cls(unet, vae, EmbeddingConditioner.from_pretrained(folder / "embedding_conditioner"), scheduler_config,
+                   load_sampler(folder))
 
     @property
     def image_size(self) -> int:
         return int(self.unet.config.sample_size) * 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @torch.no_grad()
-    def __call__(self, embeddings: torch.Tensor, num_samples: int = 1, num_inference_steps: int = 25,
-                 scheduler: str = "dpm++", seed: int = 0, batch_size: int = 64, progress: bool = False,
+    def __call__(self, embeddings: torch.Tensor, num_samples: int = 1, num_inference_steps: int | None = None,
+                 scheduler: str | None = None, seed: int = 0, batch_size: int | None = None, progress: bool = False,
                  precision: str = "fp32"):
+        """``scheduler`` / ``num_inference_steps`` None: LCM at its default steps for a distilled student, else
+        DPM-Solver++ 25."""
+        scheduler, num_inference_steps = resolve_sampling(scheduler, num_inference_steps, self.sampler_config,
+                                                          fallback=("dpm++", 25))
         context = self.conditioner(torch.as_tensor(embeddings))
-        return sample_with_context(self.unet, self.vae, make_scheduler(scheduler, self.scheduler_config), context,
-                                   num_samples, num_inference_steps, seed, batch_size, progress,
-                                   resolve_precision(precision, "cpu"))
+        sched = make_scheduler(scheduler, self.scheduler_config, self.sampler_config)
+        return sample_with_context(self.unet, self.vae, sched, context, num_samples, num_inference_steps, seed,
+                                   batch_size, progress, resolve_precision(precision, "cpu"))
 
 
 def load_unclip(folder: str | os.PathLike, device: str = "cpu"):

@@ -26,7 +26,6 @@ For the synthetic world (no VAE), ``target=pixels`` regresses the image itself a
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -252,7 +251,7 @@ def train_lowlevel(cfg: LowLevelConfig, out: str | os.PathLike, progress: bool =
 
     from ..finetune.data import build_stage_b_data
     from ..mindeye_recipe import mindeye_optimizer
-    from ..utils.io import atomic_write_json
+    from ..utils.io import atomic_dir, atomic_write_json
     from ..utils.plots import plot_loss_curves
 
     t0 = time.time()
@@ -331,8 +330,6 @@ def train_lowlevel(cfg: LowLevelConfig, out: str | os.PathLike, progress: bool =
         history.append({k: v / steps for k, v in sums.items()} | {"epoch": epoch + 1})
     model.eval()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out / "lowlevel")
     meta = {"family": "mindeye1", "component": "lowlevel", "target": cfg.target,
             "target_kind": "pixels" if cfg.target == "pixels" else "vae-latents",
             "target_shape": list(targets.shape[1:]), "image_size": size, "latent_scale": scale,
@@ -342,8 +339,14 @@ def train_lowlevel(cfg: LowLevelConfig, out: str | os.PathLike, progress: bool =
             "train_images": int(len(first)), "train_trials": int(len(fmri)),
             "config": {k: v for k, v in asdict(cfg).items() if k != "data"}, "data": str(cfg.data.path),
             "history": history, "seconds": round(time.time() - t0, 1)}
-    atomic_write_json(out / "lowlevel.json", meta)
-    plot_loss_curves(out / "loss_curve.png", {"loss": ([h["epoch"] for h in history], [h["loss"] for h in history])})
+
+    def fill(tmp: Path) -> None:  # the folder appears complete or not at all
+        model.save_pretrained(tmp / "lowlevel")
+        atomic_write_json(tmp / "lowlevel.json", meta)
+        plot_loss_curves(tmp / "loss_curve.png", {"loss": ([h["epoch"] for h in history],
+                                                           [h["loss"] for h in history])})
+
+    atomic_dir(out, fill)
     log.info("low-level model written to %s (%.0f s)", out, meta["seconds"])
     return out
 
@@ -353,24 +356,28 @@ def main(argv=None) -> int:
 
     from ..config import ConfigError, build_config
     from ..data.fmri import DataError
+    from ..utils.cli import PlainHelpFormatter, check_output_folder
 
     p = argparse.ArgumentParser(
         prog="mindvis-train-lowlevel", description="Train MindEye1's low-level model (voxels -> Stable Diffusion VAE "
         "latents, or -> the image for the synthetic world) on a prepared NSD subject; the blurry images it gives "
         "start MindEye1's img2img (mindvis-sample --lowlevel).",
         epilog="overrides: LowLevelConfig fields as key=value, e.g. epochs=30 hidden=512 teacher=synthetic",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=PlainHelpFormatter)
     p.add_argument("--data-path", required=True, metavar="DIR", help="a folder mindvis-prep nsd wrote")
     p.add_argument("--target", required=True, metavar="VAE_DIR|pixels",
                    help="the diffusers AutoencoderKL folder whose latents are regressed (MindEye1: Versatile "
                         "Diffusion's vae/), or pixels (the synthetic world)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (lowlevel/, lowlevel.json)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (lowlevel/, lowlevel.json): new or empty")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out once the new model is complete "
+                                                            "(without it a non-empty --out is refused before training)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         cfg = OmegaConf.to_object(build_config(LowLevelConfig, overrides=[
             f"data.path={args.data_path}", f"target={args.target}", *args.overrides]))
+        check_output_folder(args.out, args.overwrite)
         train_lowlevel(cfg, args.out)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
         print(f"mindvis-train-lowlevel: error: {e}", file=sys.stderr)

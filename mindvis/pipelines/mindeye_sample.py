@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..data.fmri import DataError
+from ..utils.cli import PlainHelpFormatter, int_at_least
 from .mindeye_recon import (ME1_GUIDANCE, ME1_SAMPLES, ME1_SEED, ME1_STEPS, ME1_STRENGTH, ME2_GUIDANCE,
                             ME2_OFFSET_NOISE, ME2_SEED, ME2_STEPS, GeneratorUnavailable, StandInGenerator,
                             load_generator, mindeye1_best_of, mindeye1_reconstruct, mindeye2_reconstruct, plain_resize)
@@ -160,7 +161,7 @@ def _save(images: torch.Tensor) -> torch.Tensor:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mindvis-sample", description="Reconstruct images from fMRI with a MindEye1 / "
+    p = argparse.ArgumentParser(prog="mindvis-sample", formatter_class=PlainHelpFormatter, description="Reconstruct images from fMRI with a MindEye1 / "
                                 "MindEye2 model (a folder with mindeye.json, or an align run holding one) and its "
                                 "image generator; writes samples.npz for mindvis-eval --suite nsd --protocol.")
     p.add_argument("--model", required=True, help="MindEye model folder (mindeye.json) or an align run with one")
@@ -181,27 +182,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="SPACE", help="the token space for best-of-N and retrieval targets (default: "
                                                     "the run's; MindEye1 clip-vit-l-14-tokens:SRC, MindEye2 "
                                                     "openclip-bigg-14-tokens:SRC)")
-    p.add_argument("--num-samples", type=int, help=f"MindEye1: candidates per image (published {ME1_SAMPLES}); "
+    p.add_argument("--num-samples", type=int_at_least(1), help=f"MindEye1: candidates per image (published {ME1_SAMPLES}); "
                                                    "MindEye2: samples (published 1)")
-    p.add_argument("--steps", type=int, help=f"generator steps (published: MindEye1 {ME1_STEPS} UniPC, MindEye2 "
+    p.add_argument("--steps", type=int_at_least(1), help=f"generator steps (published: MindEye1 {ME1_STEPS} UniPC, MindEye2 "
                                              f"{ME2_STEPS} Euler)")
     p.add_argument("--guidance", type=float, help=f"classifier-free guidance (published {ME1_GUIDANCE} / "
                                                   f"{ME2_GUIDANCE})")
     p.add_argument("--strength", type=float, default=ME1_STRENGTH,
                    help="MindEye1 img2img strength from the blurry image (published 0.85; 1 = no img2img)")
-    p.add_argument("--prior-steps", type=int, help="prior sampling steps (default: the prior's, MindEye1 100 "
+    p.add_argument("--prior-steps", type=int_at_least(1), help="prior sampling steps (default: the prior's, MindEye1 100 "
                                                    "ancestral, MindEye2 20 DDIM)")
-    p.add_argument("--adapter", type=int, default=0, help="MindEye2: the subject adapter (default 0)")
+    p.add_argument("--adapter", type=int_at_least(0), default=0, help="MindEye2: the subject adapter (default 0)")
     p.add_argument("--refine", metavar="SDXL_DIR", help="MindEye2: refine with SDXL img2img guided by a caption (a "
                                                        "diffusers SDXL folder); needs --captioner and --git")
     p.add_argument("--captioner", metavar="FILE", help="MindEye2's bigG -> L converter (mindvis-convert "
                                                        "from-bigg-to-l)")
     p.add_argument("--git", metavar="DIR", help="GIT (microsoft/git-large-coco) folder with its processor")
-    p.add_argument("--refine-size", type=int, default=768, help="--refine: the side the unrefined image is resized to "
+    p.add_argument("--refine-size", type=int_at_least(8), default=768, help="--refine: the side the unrefined image is resized to "
                                                                "and refined at (published 768)")
-    p.add_argument("--seed", type=int, help=f"seed (published 42 for both)")
-    p.add_argument("--limit", type=int, help="decode only the first N test items")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--seed", type=int, help="seed (published 42 for both)")
+    p.add_argument("--limit", type=int_at_least(1), metavar="N", help="decode only the first N test items, N >= 1")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder: new or empty (see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the samples in an existing --out (its images/ folder is swapped once the new one is "
+                        "complete); without it a non-empty --out is refused before anything is sampled")
     return p
 
 
@@ -218,11 +222,13 @@ def _family_settings(family: str, args, gen) -> dict:
 
 def run(args) -> int:
     from ..compat.mindeye import load_converted
-    from ..utils.io import atomic_write, atomic_write_json
+    from ..utils.cli import check_output_folder
+    from ..utils.io import atomic_dir, atomic_write, atomic_write_json
     from ..utils.plots import save_image_grid
     from .mindeye_lowlevel import BlurryDecoder, load_vae, output_channels
-    from .sample_cli import _world_settings, read_fmri_file
+    from .sample_inputs import read_fmri_file, world_settings
 
+    check_output_folder(args.out, args.overwrite)
     folder = find_mindeye_folder(args.model)
     meta_in = json.loads((folder / "mindeye.json").read_text())
     family = meta_in.get("family")
@@ -266,7 +272,7 @@ def run(args) -> int:
         data_cfg, run_target = _run_data_config(run_dir, args.data_path, include_trials=family == "mindeye2")
         space = space or run_target
         data = build_stage_b_data(data_cfg, 1, 0)
-        world = _world_settings(data_cfg)
+        world = world_settings(data_cfg)
         avg, groups, averaging = test_items(data.test, family)
         ids, labels, datasets = avg.ids, avg.labels, avg.dataset
         truth = avg.images
@@ -359,7 +365,6 @@ def run(args) -> int:
             "seconds": round(seconds, 2), "seconds_per_image": round(seconds / max(1, n), 4)}
     arrays["meta"] = np.array(json.dumps(meta))
     out_dir = Path(args.out)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
     rows = []
@@ -367,12 +372,17 @@ def run(args) -> int:
         row = ([arrays["ground_truth"][i]] if truth is not None else []) + \
               ([_pad_to(arrays["blurry"][i], samples_u8.shape[2])] if blurry else []) + list(samples_u8[i])
         rows.append(np.stack([_pad_to(r, samples_u8.shape[2]) for r in row]))
-        if truth is not None:
-            Image.fromarray(arrays["ground_truth"][i]).save(out_dir / "images" / f"{i:04d}_gt.png")
-        if blurry:
-            Image.fromarray(arrays["blurry"][i]).save(out_dir / "images" / f"{i:04d}_blurry.png")
-        for k, img in enumerate(samples_u8[i]):
-            Image.fromarray(img).save(out_dir / "images" / f"{i:04d}_s{k}.png")
+
+    def write_images(folder: Path) -> None:
+        for i in range(n):
+            if truth is not None:
+                Image.fromarray(arrays["ground_truth"][i]).save(folder / f"{i:04d}_gt.png")
+            if blurry:
+                Image.fromarray(arrays["blurry"][i]).save(folder / f"{i:04d}_blurry.png")
+            for k, img in enumerate(samples_u8[i]):
+                Image.fromarray(img).save(folder / f"{i:04d}_s{k}.png")
+
+    atomic_dir(out_dir / "images", write_images)
     save_image_grid(out_dir / "grid.png", rows[:16])
     atomic_write(out_dir / "samples.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))
     atomic_write_json(out_dir / "sample_config.json", meta)

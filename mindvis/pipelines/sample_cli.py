@@ -5,7 +5,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,13 @@ import torch
 
 from ..compat.ldm import PriorFormatError
 from ..config import ConfigError
-from ..data.fmri import DataError, error_summary
+from ..data.fmri import DataError
 from ..utils.cli import PlainHelpFormatter, check_output_folder, int_at_least
 from ..utils.io import atomic_dir, atomic_write, atomic_write_json
 from ..utils.plots import save_image_grid
-from .mindvis_pipeline import PRECISIONS, SCHEDULERS, MindVisPipeline
+from .sample_inputs import read_fmri_file, world_settings
+from .mindvis_pipeline import (DEFAULT_LCM_STEPS, DEFAULT_SCHEDULER, DEFAULT_STEPS, PRECISIONS, SCHEDULERS,
+                               MindVisPipeline, resolve_sampling)
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -28,58 +29,6 @@ def resolve_model_dir(path: str | Path) -> Path:
             return candidate
     raise FileNotFoundError(f"{p} is neither a DC-LDM folder (mindvis_dcldm.json, unet/, vae/, conditioner/, "
                             "scheduler/) nor a mindvis-finetune run folder with best/ or model/")
-
-
-def read_fmri_file(path: str | Path) -> np.ndarray:
-    """(N, V) fMRI from .npy, .npz (key 'fmri' or the only array) or .h5/.hdf5 (dataset 'fmri'); anything else, or
-    a file that is unreadable, empty, non-numeric or non-finite, is a one-line DataError naming the file."""
-    import zipfile
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"fMRI file not found: {path}")
-    try:
-        if path.suffix == ".npy":
-            x = np.load(path, allow_pickle=False)
-        elif path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                if "fmri" not in z.files and len(z.files) != 1:
-                    raise DataError(f"{path}: no 'fmri' key among {z.files}")
-                x = z["fmri"] if "fmri" in z.files else z[z.files[0]]
-        elif path.suffix in (".h5", ".hdf5"):
-            import h5py
-
-            with h5py.File(path, "r") as f:
-                if "fmri" not in f:
-                    raise DataError(f"{path}: no dataset 'fmri' (has {list(f)})")
-                x = f["fmri"][()]
-        else:
-            raise DataError(f"{path}: unsupported fMRI file type {path.suffix!r} (.npy, .npz, .h5)")
-    except DataError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, TypeError) as e:
-        raise DataError(f"{path}: not a readable {path.suffix} file ({error_summary(e)})") from None
-    x = np.asarray(x)
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise DataError(f"{path}: fMRI must be numbers, got an array of {x.dtype}")
-    x = x.astype(np.float32)
-    if x.ndim == 3 and x.shape[1] == 1:
-        x = x[:, 0]
-    if x.ndim != 2:
-        raise DataError(f"{path}: fMRI must be (samples, voxels), got {x.shape}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise DataError(f"{path}: fMRI holds no samples or no voxels, shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise DataError(f"{path}: fMRI holds NaN/Inf")
-    return x
-
-
-def _world_settings(data_cfg) -> dict | None:
-    """The synthetic world's settings, for the samples' metadata (mindvis-eval's synthetic classifier), or None."""
-    from ..finetune.data import synthetic_world
-
-    world = synthetic_world(data_cfg)
-    return asdict(world) if world else None
 
 
 def split_from_run(model_dir: Path, split: str):
@@ -93,12 +42,21 @@ def split_from_run(model_dir: Path, split: str):
     cfg_path = model_dir.parent / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} is missing: --split needs the run folder's config (or use --fmri FILE)")
-    cfg = build_config(FinetuneConfig, cfg_path)
+    from omegaconf import OmegaConf
+
+    if "teacher" in OmegaConf.load(cfg_path):  # a mindvis-distill run: the teacher run's data and split seed
+        from ..finetune.config import DistillConfig
+
+        cfg = build_config(DistillConfig, cfg_path)
+        seed = cfg.data_seed
+    else:
+        cfg = build_config(FinetuneConfig, cfg_path)
+        seed = cfg.train.seed
     if split == "test-trials":
         cfg.data.include_test_trials = True
     enc = json.loads((model_dir / "conditioner" / "config.json").read_text())["encoder"]
-    data = build_stage_b_data(cfg.data, enc["patch_size"], cfg.train.seed)
-    world = _world_settings(cfg.data)
+    data = build_stage_b_data(cfg.data, enc["patch_size"], seed)
+    world = world_settings(cfg.data)
     if split == "test-trials":
         return single_trials(data.test), world
     return {"test": data.test, "val": data.val, "train": data.train}[split], world
@@ -126,7 +84,7 @@ def align_split(run: Path, split: str, patch_size: int):
         raise FileNotFoundError(f"{cfg_path} is missing: --split needs the align run's config (or use --fmri FILE)")
     cfg = build_config(AlignConfig, cfg_path)
     data = build_stage_b_data(cfg.data, patch_size, cfg.train.seed)
-    world = _world_settings(cfg.data)
+    world = world_settings(cfg.data)
     chosen = {"test": lambda: split_test_trials(data.test)[0], "test-trials": lambda: single_trials(data.test),
               "val": lambda: data.val, "train": lambda: data.train}[split]()
     return chosen, world
@@ -165,6 +123,7 @@ def _from_align_run(args):
         raise DataError(f"the decoder in {folder} gives {emb.shape[1]}-dimensional embeddings but the generator "
                         f"{args.generator} takes {want} ({pipe.conditioner.config.target}): use a generator trained "
                         "on the align run's target space")
+    args.scheduler, args.steps = resolve_sampling(args.scheduler, args.steps, pipe.sampler_config)
     t0 = time.time()
     images = pipe(emb, num_samples=args.num_samples, num_inference_steps=args.steps, scheduler=args.scheduler,
                   seed=args.seed, batch_size=args.batch_size, progress=True, precision=args.precision)
@@ -189,10 +148,11 @@ def _from_dcldm(args):
         raise DataError(f"{where}: {fmri.shape[1]} voxels, the model takes {n_vox} (another ROI, subject or "
                         "data.pad_mode?)")
     n = min(len(fmri), args.limit or len(fmri))
+    args.scheduler, args.steps = resolve_sampling(args.scheduler, args.steps, pipe.model.sampler_config)
     t0 = time.time()
     images = pipe(torch.from_numpy(fmri[:n]), num_samples=args.num_samples, num_inference_steps=args.steps,
                   scheduler=args.scheduler, seed=args.seed, batch_size=args.batch_size, progress=True,
-                  precision=args.precision)
+                  precision=args.precision, timings=args.timings)
     return images, time.time() - t0, n, truth, ids, labels, datasets, world, str(model_dir)
 
 
@@ -216,18 +176,22 @@ def main(argv=None) -> int:
                      help="pairs of the run's dataset, prepared as in training (default: test, the repetition "
                           "averages; test-trials: every single repetition of the test stimuli)")
     src.add_argument("--fmri", metavar="FILE", help="fMRI to decode instead: .npy/.npz/.h5, (N, voxels)")
-    p.add_argument("--scheduler", choices=SCHEDULERS, default="unipc",
-                   help="sampler (default: unipc, chosen on validation as the fastest with the quality of the paper's "
-                        "PLMS 250; the paper's protocol: --scheduler plms --steps 250 --precision fp32)")
-    p.add_argument("--steps", type=int_at_least(1), default=8,
-                   help="denoising steps, >= 1 (default 8; paper: 250 PLMS)")
+    p.add_argument("--scheduler", choices=("auto", *SCHEDULERS), default="auto",
+                   help="sampler (default auto: lcm for a student distilled by mindvis-distill, else "
+                        f"{DEFAULT_SCHEDULER}; both chosen on validation as the fastest with the quality of the "
+                        "paper's PLMS 250; the paper's protocol: --scheduler plms --steps 250 --precision fp32)")
+    p.add_argument("--steps", type=int_at_least(1), default=None,
+                   help=f"denoising steps, >= 1 (default: {DEFAULT_LCM_STEPS} for lcm, {DEFAULT_STEPS} otherwise; "
+                        "a student takes 1, 2, 4 ... up to its solver steps; paper: 250 PLMS)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="arithmetic of the conditioner and UNet (autocast): fp32, bf16, fp16, or auto (default: bf16 "
-                        "where the device computes it natively, fp16 on CUDA without bf16, else fp32); the solver and "
-                        "the image decoding stay fp32")
+                   help="arithmetic of conditioning, UNet steps and decoding (autocast): fp32, bf16, fp16, or auto "
+                        "(default: per stage the fastest type on this machine, measured once on this model size and "
+                        "cached); the solver, the VQ codebook lookup and the images stay fp32")
     p.add_argument("--num-samples", type=int_at_least(1), default=5, help="images per fMRI, >= 1 (default 5; paper: 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
-    p.add_argument("--batch-size", type=int_at_least(1), default=16, help="images denoised at once, >= 1 (default 16)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=None,
+                   help="images denoised at once, >= 1 (default: about a million output pixels, e.g. 1,024 images at 32 px "
+                        "and 16 at 256 px: small models pay per call, large ones in memory)")
     p.add_argument("--limit", type=int_at_least(1), default=None, metavar="N",
                    help="decode only the first N fMRI samples, N >= 1 (default: all)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -237,6 +201,7 @@ def main(argv=None) -> int:
                    help="replace the samples in an existing --out (its images/ folder is swapped once the new one is "
                         "complete); without it a non-empty --out is refused before anything is sampled")
     args = p.parse_args(argv)
+    args.timings = {}
     try:
         check_output_folder(args.out, args.overwrite)
         images, seconds, n, truth, ids, labels, datasets, world, model_dir = (
@@ -265,6 +230,8 @@ def main(argv=None) -> int:
     meta = {"model": model_dir, "generator": args.generator, "scheduler": args.scheduler, "steps": args.steps,
             "precision": args.precision, "num_samples": args.num_samples,
             "seed": args.seed, "split": None if args.fmri else args.split, "fmri_file": args.fmri,
+            "stage_precision": args.timings.get("precision"),
+            "stage_seconds": {k: round(v, 3) for k, v in args.timings.items() if isinstance(v, float)},
             "synthetic_world": world, "seconds": round(seconds, 2), "seconds_per_image": round(seconds / (n * args.num_samples), 4)}
     arrays["meta"] = np.array(json.dumps(meta))
     atomic_write(out / "samples.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))
