@@ -279,9 +279,9 @@ def main(argv=None) -> int:
                     "([prior_ceiling/eval.md](prior_ceiling/eval.md)): the most decoding through it can reach."
                     if ceiling else "")
     lines = [
-        f"1. Decoding works: {key} = {acc['mean']:.3f} (std over {n_img} test images {acc['std']:.3f}; chance "
+        f"Decoding works: {key} = {acc['mean']:.3f} (std over {n_img} test images {acc['std']:.3f}; chance "
         f"{acc['chance']:.3f}): {'above chance' if d['above_chance'] else 'NOT clearly above chance'}.{ceiling_text}",
-        f"3. Masked modeling learned the data: held-out masked-patch MSE {h['model']['mse']:.3f} vs per-voxel mean "
+        f"Masked modeling learned the data: held-out masked-patch MSE {h['model']['mse']:.3f} vs per-voxel mean "
         f"{h['voxel_mean']['mse']:.3f} and nearest visible patch {h['nearest_patch']['mse']:.3f}: "
         f"{'below both baselines' if a['beats_baselines'] else 'NOT below both baselines'}.",
     ]
@@ -289,10 +289,11 @@ def main(argv=None) -> int:
         c = claims["pretraining_helps"]
         said = lambda v: (f"{v['difference']:.4f} (largest seed std {v['largest_seed_std']:.4f}): "  # noqa: E731
                           f"{'holds' if v['holds'] else 'does NOT hold'}")
-        lines.insert(1, f"2. Pretraining helps: {key} with the stage-A encoder minus with a random encoder, over "
+        lines.insert(1, f"Pretraining helps: {key} with the stage-A encoder minus with a random encoder, over "
                         f"{args.seeds} seeds, on the repetition-averaged test fMRI = {said(c)}; on the single test "
                         f"trials = {said(c['single_trials'])}. Validation scores and the encoder rate selected on "
                         "them: [ablation/ablation.md](ablation/ablation.md).")
+    lines = [f"{i}. {line}" for i, line in enumerate(lines, 1)]  # claim 2 exists only with --ablation
     report = ["# mindvis on the synthetic world", "",
               f"Reconstructions of the held-out test set (ground truth first, then {args.num_samples} samples): "
               "[samples/grid.png](samples/grid.png). Loss curves: [stage A](loss_curve_pretrain.png), "

@@ -44,4 +44,6 @@ def test_demo_chain_writes_every_artifact_and_they_reload(cache_dir, tiny_prior,
     DCLDM.from_pretrained(out / "finetune" / "best")
     with np.load(out / "samples" / "samples.npz") as z:
         assert z["samples"].shape[:2] == (4, 2)
-    assert "Decoding works" in (out / "REPORT.md").read_text()
+    report = (out / "REPORT.md").read_text()
+    claims_listed = [line.split(" ", 2)[:2] for line in report.splitlines() if line[:1].isdigit()]
+    assert claims_listed == [["1.", "Decoding"], ["2.", "Pretraining"], ["3.", "Masked"]]  # numbered as listed
