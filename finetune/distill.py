@@ -617,7 +617,7 @@ examples:
   mindvis-distill --teacher runs/finetune/RUN distill.guidance=1.5 distill.solver_steps=25
   mindvis-distill --teacher priors/synthetic-embedding               # an embedding-conditioned generator
   mindvis-distill --resume runs/distill/RUN
-  mindvis-sample --model runs/distill/RUN --steps 2 --out runs/samples-student
+  mindvis-sample --model runs/distill/RUN --out runs/samples-student     # LCM, 4 steps by default
 """
 
 
