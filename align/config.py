@@ -104,7 +104,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     mindeye_subset: int = 300  # MindEye's retrieval protocol: top-1 among this many random test items ...
-    mindeye_draws: int = 30  # ... over this many draws
+    mindeye_draws: int = 30  # ... over this many draws (numpy RandomState(42), as MindEye2: image_/brain_retrieval)
     show: int = 8  # test items in the retrieval PNGs
     gallery: str = ""  # image folder for retrieval reconstructions; empty = the training images
 
