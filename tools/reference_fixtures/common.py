@@ -9,6 +9,9 @@
 * :func:`shrink_*` rebuild sub-modules whose widths the reference hard-codes (not constructor arguments) at
   small widths, with the same classes, after the reference built them; every rebuild is listed in the
   fixture's JSON under ``"overrides"``.
+* :class:`Reference` reads single files and notebook cells of a checkout or bare git directory without extracting
+  it; :func:`definitions` picks named top-level functions/classes from a module's source; :func:`write_fixture`
+  writes a fixture's ``.npz`` and ``.json`` (commit, versions, shapes).
 """
 from __future__ import annotations
 
