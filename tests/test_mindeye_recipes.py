@@ -29,12 +29,7 @@ TINY_BLURRY = ["mindeye.blurry_channels=8", "mindeye.blurry_decoder_channels=[8,
                "mindeye.blurry_maps_hidden=16"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
 
 
 # --------------------------------------------------------------------------------------------- the presets
