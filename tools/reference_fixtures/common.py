@@ -327,3 +327,25 @@ def write_fixture(out_dir: Path, name: str, arrays: dict, meta: dict, ref: Refer
                 keys={k: list(v.shape) for k, v in arrays.items()})
     (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     print(f"wrote {out_dir / name}.npz ({len(arrays)} arrays) and .json")
+
+
+class CpuAccelerator:
+    """What the reference's cells use of ``accelerate.Accelerator``, on CPU."""
+
+    def __init__(self):
+        from accelerate import Accelerator
+        self.acc = Accelerator(cpu=True)
+        self.num_processes = 1
+        self.is_main_process = True
+
+    def prepare(self, *objs):
+        return self.acc.prepare(*objs)
+
+    def unwrap_model(self, m):
+        return self.acc.unwrap_model(m)
+
+    def backward(self, loss):
+        self.acc.backward(loss)
+
+    def print(self, *a, **k):
+        pass
