@@ -87,6 +87,6 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
         (da.max_train >= 0, "data.max_train", da.max_train, ">= 0 (0: all training pairs)"),
         (da.meeg_subject >= 1, "data.meeg_subject", da.meeg_subject, ">= 1"),
     ]
-    from .mindeye import mindeye_checks
+    from .mindeye_settings import mindeye_checks
 
     check_settings([(ok, prefix + key, value, allowed) for ok, key, value, allowed in checks + mindeye_checks(cfg)])

@@ -349,7 +349,7 @@ def fixture_targets(monkeypatch):
     """A stand-in for the token spaces at the fixtures' sizes (4 x 16): a fixed random projection of the image."""
     import torch.nn.functional as F
 
-    import mindvis.align.mindeye as me
+    import mindvis.align.mindeye_scoring as me
     from mindvis.models.image_embedders import ImageEmbedder
 
     w = torch.randn(3 * 8 * 8, 4 * 16, generator=torch.Generator().manual_seed(0))
