@@ -338,7 +338,7 @@ def test_mindeye2_refinement_with_captions(nsd40, tmp_path):
     from mindvis.commands import convert_main
     from mindvis.compat.mindeye import convert_mindeye2
     from mindvis.evaluation.cli import main as eval_main
-    from mindvis.pipelines.mindeye_recon import BigGToL, Captioner, SDXLRefiner
+    from mindvis.pipelines.mindeye_refine import BigGToL, Captioner, SDXLRefiner
     from mindvis.pipelines.sample_cli import main as sample_main
 
     sdxl, git = tiny_sdxl(tmp_path), tiny_git(tmp_path / "git")

@@ -34,9 +34,10 @@ import torch
 
 from ..data.fmri import DataError
 from ..utils.cli import PlainHelpFormatter, int_at_least
-from .mindeye_recon import (ME1_GUIDANCE, ME1_SAMPLES, ME1_SEED, ME1_STEPS, ME1_STRENGTH, ME2_GUIDANCE,
-                            ME2_OFFSET_NOISE, ME2_SEED, ME2_STEPS, GeneratorUnavailable, StandInGenerator,
-                            load_generator, mindeye1_best_of, mindeye1_reconstruct, mindeye2_reconstruct, plain_resize)
+from .mindeye_generators import GeneratorUnavailable, StandInGenerator, load_generator
+from .mindeye_recon import mindeye1_best_of, mindeye1_reconstruct, mindeye2_reconstruct, plain_resize
+from .mindeye_recon_settings import (ME1_GUIDANCE, ME1_SAMPLES, ME1_SEED, ME1_STEPS, ME1_STRENGTH, ME2_GUIDANCE,
+                                     ME2_OFFSET_NOISE, ME2_SEED, ME2_STEPS)
 
 log = logging.getLogger("mindvis.sample")
 SAVE_SIZE = 256  # both references resize their reconstructions to 256 px before scoring
@@ -288,7 +289,7 @@ def run(args) -> int:
     if args.refine:
         if family != "mindeye2" or not (args.captioner and args.git):
             raise DataError("--refine is MindEye2's and needs --captioner FILE and --git DIR")
-        from .mindeye_recon import Captioner, SDXLRefiner
+        from .mindeye_refine import Captioner, SDXLRefiner
 
         refiner, captioner = SDXLRefiner.from_pretrained(args.refine), Captioner.from_pretrained(args.captioner,
                                                                                                   args.git)
