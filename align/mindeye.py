@@ -42,8 +42,10 @@ from mindvis.utils.plots import plot_loss_curves
 from .mindeye_data import (_embed, blurry_embedder, blurry_teacher, decode_items, load_subject, subject_trials,
                            test_groups, token_embedder, val_groups)
 from .mindeye_scoring import _flat, _print_done, _write_report, score_test
-from .mindeye_training import (SubjectTrials, Teacher, build_network, load_model_folder, prior_config, retrieval_top,
-                               save_model_folder, train_mindeye)
+from .mindeye_batches import SubjectTrials
+from .mindeye_decode import retrieval_top
+from .mindeye_models import build_network, load_model_folder, prior_config, save_model_folder
+from .mindeye_training import Teacher, train_mindeye
 from .scoring import score_split
 
 log = logging.getLogger("mindvis.align")

@@ -8,7 +8,7 @@ from mindvis.config import save_config
 from mindvis.data.fmri import DataError
 from mindvis.utils.io import atomic_dir
 
-from .mindeye_training import save_model_folder
+from .mindeye_models import save_model_folder
 
 
 def convert_to_run(family: str, ckpt: str | Path, out: str | Path, lowlevel: str | Path | None = None,

@@ -11,8 +11,9 @@ from mindvis.data.pairs import TRIAL_MARK, PairedSplit
 from mindvis.finetune.data import StageBData, build_stage_b_data, synthetic_world
 from mindvis.models.image_embedders import ImageEmbedder, cached_embeddings, load_embedder
 
-from .mindeye_training import (SubjectTrials, Teacher, average_fmri, average_outputs, decode_outputs,
-                               image_groups)
+from .mindeye_batches import SubjectTrials, image_groups
+from .mindeye_decode import average_fmri, average_outputs, decode_outputs
+from .mindeye_training import Teacher
 
 
 def _subject_config(cfg: DictConfig, path: str | None, val_fraction: float | None = None) -> DictConfig:

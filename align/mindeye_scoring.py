@@ -19,7 +19,8 @@ from mindvis.utils.io import atomic_write, atomic_write_json, atomic_write_text
 
 from .config import MINDEYE_DECODERS
 from .mindeye_data import _embed, blurry_embedder, decode_items, load_subject, test_groups, token_embedder
-from .mindeye_training import load_model_folder, retrieval_top, sample_prior
+from .mindeye_decode import retrieval_top, sample_prior
+from .mindeye_models import load_model_folder
 from .reports import _fmt, markdown_report, plot_averaging, retrieval_grid
 from .scoring import score_split
 
