@@ -12,7 +12,8 @@ import pytest
 from mindvis.data.fmri import DataError
 from mindvis.data.meeg import concept_of, eeg2_pairs, eeg2_subjects_pairs, load_pickled_npy, things_meg_pairs
 from mindvis.data_prep.cli import main as prep_main
-from mindvis.data_prep.things_meg import MEGSettings, prepare_things_meg
+from mindvis.data_prep.things_meg import prepare_things_meg
+from mindvis.data_prep.things_meg_settings import MEGSettings
 from mindvis.pipelines.stream import WindowStream, offline_windows
 
 from .meeg_fixtures import TINY_BRAIN_MODULE, align_args, prepared, release, run_files, runs  # noqa: F401
