@@ -6,7 +6,7 @@ from omegaconf import DictConfig
 from mindvis.config import MIXED_PRECISIONS, TRACKERS, check_settings, check_unused
 from mindvis.data.fmri import PAD_MODES
 from mindvis.finetune.config import DATASETS, MEEG_DATASETS
-from mindvis.models.brain_module import AGGREGATIONS
+from mindvis.models.brain_module_config import AGGREGATIONS
 from mindvis.models.image_embedders import valid_target
 
 from .config import CONTRASTIVE, DECODERS, LR_SCHEDULES, AlignConfig

@@ -25,7 +25,7 @@ def _assemble(root: Path, subject: str, runs: list[Path], parts: Path, out: Path
               images: str | Path | None) -> Path:
     from PIL import Image
 
-    from mindvis.models.brain_module import normalise_positions
+    from mindvis.models.brain_module_positions import normalise_positions
 
     records = [item_record(parts / run_stem(r)) for r in runs]
     common = [c for c in records[0]["ch_names"] if all(c in rec["ch_names"] for rec in records)]

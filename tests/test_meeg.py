@@ -302,7 +302,7 @@ def test_align_settings_mirror_the_brain_module_and_refuse_no_vector(tmp_path, c
 
     from mindvis.align.cli import main as align_main
     from mindvis.align.config import BrainModuleSettings
-    from mindvis.models.brain_module import BrainModuleConfig
+    from mindvis.models.brain_module_config import BrainModuleConfig
 
     data_set = {"positions", "n_times", "dim", "subjects", "subject_positions"}
     mirror = {f.name: f.default for f in fields(BrainModuleSettings)}

@@ -1,12 +1,12 @@
 """M/EEG-image pairs: THINGS-MEG folders written by ``mindvis-prep things-meg`` and the THINGS-EEG2 release.
 
-Both give trials x channels x times with the image of each trial, its subject, the channels' 2-D positions for the
-brain module's spatial attention (``mne.find_layout``'s, as brainmagick takes them: see
-:func:`mindvis.models.brain_module.layout_positions`; NaN for a channel without one, which the module masks) and the
-times. Test images are the releases' own (THINGS-MEG: ``trial_type`` test; THINGS-EEG2: ``preprocessed_eeg_test.npy``),
-averaged over their repetitions per subject; single test trials are kept (marked as the fMRI readers mark them) for
-the averaging curve. Training trials are single presentations (THINGS-EEG2: each of the image's repetitions, or their
-average with ``average_train``).
+Both give trials x channels x times with the image of each trial, its subject, the channels' 2-D positions for the brain
+module's spatial attention (``mne.find_layout``'s, as brainmagick takes them: see
+:func:`mindvis.models.brain_module_positions.layout_positions`; NaN for a channel without one, which the module masks)
+and the times. Test images are the releases' own (THINGS-MEG: ``trial_type`` test; THINGS-EEG2:
+``preprocessed_eeg_test.npy``), averaged over their repetitions per subject; single test trials are kept (marked as the
+fMRI readers mark them) for the averaging curve. Training trials are single presentations (THINGS-EEG2: each of the
+image's repetitions, or their average with ``average_train``).
 
 Several subjects (a folder of THINGS-MEG preparations, or several THINGS-EEG2 subjects) are read into one set of
 splits over one channel list, the union of the subjects' channels in the order first seen: a subject's data are zero
@@ -58,11 +58,11 @@ def concept_of(image_path: str) -> str:
 
 def montage_positions(info) -> np.ndarray:
     """(C, 2) brain-module positions of ``info``'s channels (NaN where there is none): ``mne.find_layout``'s 2-D
-    positions matched by name (:func:`mindvis.models.brain_module.layout_positions`); where MNE cannot draw a layout
-    because some channels have no 3-D position, the layout of the others."""
+    positions matched by name (:func:`mindvis.models.brain_module_positions.layout_positions`); where MNE cannot draw
+    a layout because some channels have no 3-D position, the layout of the others."""
     import mne
 
-    from ..models.brain_module import layout_positions
+    from ..models.brain_module_positions import layout_positions
 
     try:
         return layout_positions(info)
