@@ -113,7 +113,7 @@ def _prepare_run(run: Path, s: MEGSettings, sfreq_seen: dict, attributes) -> tup
             "dropped_channels": dropped, "reference_sensors": n_refs, "restored_types": len(restored),
             "value_mismatches": mismatches, "catch_trials": sum(e["trial_type"] == "catch" for e in events)}
     if s.filtering == "window":
-        from mindvis.data.meeg import preprocess_window, window_bounds
+        from mindvis.data.meeg_signal import preprocess_window, window_bounds
 
         out = []
         for i, onset in enumerate(samples - raw.first_samp):

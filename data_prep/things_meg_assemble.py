@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from mindvis.data.fmri import DataError, error_summary
-from mindvis.data.meeg import concept_of, robust_scale
+from mindvis.data.meeg import concept_of
+from mindvis.data.meeg_signal import robust_scale
 from mindvis.releases import SYNTHETIC_GENERATOR
 from mindvis.utils.io import atomic_write
 

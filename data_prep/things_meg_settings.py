@@ -20,8 +20,8 @@ class MEGSettings:
     clamp: float = 20.0
     image_size: int = 256
     # run: band-pass each whole run, then epoch (Meta's offline pipeline); window: each epoch alone, as mindvis-stream
-    # does live (baseline, low-pass, resample; see mindvis.data.meeg.preprocess_window), so a decoder trained on it
-    # sees what the stream gives it
+    # does live (baseline, low-pass, resample; see mindvis.data.meeg_signal.preprocess_window), so a decoder trained on
+    # it sees what the stream gives it
     filtering: str = "run"
     trigger_channel: str = "UPPT001"  # the release's image trigger channel (Hebart's script, Meta's reader)
     image_trigger: int = 64  # its value at every trial onset; 0: no check of the triggers against events.tsv
