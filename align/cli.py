@@ -110,7 +110,7 @@ def _windows(text: str | None) -> dict:
 
 def _score(run: str):
     def score(cfg, resume=None, run_name=None):
-        from .mindeye import score_folder
+        from .mindeye_scoring import score_folder
         from .settings import validate
 
         validate(cfg)

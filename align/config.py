@@ -16,9 +16,9 @@ LR_SCHEDULES = ("cosine", "constant")
 
 @dataclass
 class BrainModuleSettings:
-    """Meta's brain module (M/EEG; mindvis.models.brain_module.BrainModuleConfig, field for field but the ones the
-    data set: positions, n_times, dim, subjects, subject_positions): brainmagick's clip_conv defaults, Benchetrit et
-    al.'s features and aggregation."""
+    """Meta's brain module (M/EEG; mindvis.models.brain_module_config.BrainModuleConfig, field for field but the ones
+    the data set: positions, n_times, dim, subjects, subject_positions): brainmagick's clip_conv defaults, Benchetrit
+    et al.'s features and aggregation."""
     merger_channels: int = 270
     fourier_harmonics: int = 32
     fourier_margin: float = 0.2
