@@ -37,7 +37,7 @@ examples:
   mindvis-align --resume runs/align/RUN
 
 MindEye recipes (presets configs/align/RECIPE.yaml: the references' settings; the -synthetic ones narrowed for
-2 CPU cores on a synthetic NSD, see README):
+2 CPU cores on a synthetic NSD, see docs/guides/mindeye.md):
   mindvis-align --recipe mindeye1 --data-path data/NSD/subj01
   mindvis-align --recipe mindeye2 --data-path data/NSD/subj02 mindeye.subjects=[data/NSD/subj03,data/NSD/subj04]
   mindvis-align --recipe mindeye2 --data-path data/NSD/subj01 mindeye.init=runs/align/MULTI   # a new subject
@@ -110,7 +110,7 @@ def _windows(text: str | None) -> dict:
 
 def _score(run: str):
     def score(cfg, resume=None, run_name=None):
-        from .mindeye import score_folder
+        from .mindeye_scoring import score_folder
         from .settings import validate
 
         validate(cfg)

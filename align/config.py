@@ -16,9 +16,9 @@ LR_SCHEDULES = ("cosine", "constant")
 
 @dataclass
 class BrainModuleSettings:
-    """Meta's brain module (M/EEG; mindvis.models.brain_module.BrainModuleConfig, field for field but the ones the
-    data set: positions, n_times, dim, subjects, subject_positions): brainmagick's clip_conv defaults, Benchetrit et
-    al.'s features and aggregation."""
+    """Meta's brain module (M/EEG; mindvis.models.brain_module_config.BrainModuleConfig, field for field but the ones
+    the data set: positions, n_times, dim, subjects, subject_positions): brainmagick's clip_conv defaults, Benchetrit
+    et al.'s features and aggregation."""
     merger_channels: int = 270
     fourier_harmonics: int = 32
     fourier_margin: float = 0.2
@@ -104,7 +104,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     mindeye_subset: int = 300  # MindEye's retrieval protocol: top-1 among this many random test items ...
-    mindeye_draws: int = 30  # ... over this many draws
+    mindeye_draws: int = 30  # ... over this many draws (numpy RandomState(42), as MindEye2: image_/brain_retrieval)
     show: int = 8  # test items in the retrieval PNGs
     gallery: str = ""  # image folder for retrieval reconstructions; empty = the training images
 

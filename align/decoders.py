@@ -11,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from mindvis.data.fmri import DataError
 from mindvis.finetune.data import StageBData
 from mindvis.models.brain_decoders import MBMDecoder, MBMDecoderConfig, MindEyeMLP, MLPConfig, SharedMLP
-from mindvis.models.brain_module import BrainModule, BrainModuleConfig
+from mindvis.models.brain_module import BrainModule
+from mindvis.models.brain_module_config import BrainModuleConfig
 from mindvis.models.persistence import read_json
 from mindvis.models.ridge import RidgeDecoder
 

@@ -6,7 +6,7 @@ from omegaconf import DictConfig
 from mindvis.config import MIXED_PRECISIONS, TRACKERS, check_settings, check_unused
 from mindvis.data.fmri import PAD_MODES
 from mindvis.finetune.config import DATASETS, MEEG_DATASETS
-from mindvis.models.brain_module import AGGREGATIONS
+from mindvis.models.brain_module_config import AGGREGATIONS
 from mindvis.models.image_embedders import valid_target
 
 from .config import CONTRASTIVE, DECODERS, LR_SCHEDULES, AlignConfig
@@ -87,6 +87,6 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
         (da.max_train >= 0, "data.max_train", da.max_train, ">= 0 (0: all training pairs)"),
         (da.meeg_subject >= 1, "data.meeg_subject", da.meeg_subject, ">= 1"),
     ]
-    from .mindeye import mindeye_checks
+    from .mindeye_settings import mindeye_checks
 
     check_settings([(ok, prefix + key, value, allowed) for ok, key, value, allowed in checks + mindeye_checks(cfg)])

@@ -77,7 +77,8 @@ def cell(reports: list[list[dict]], key: str) -> tuple[str, float | None]:
 
 
 def main() -> None:
-    from mindvis.data_prep.things_meg import MEGSettings, prepare_things_meg
+    from mindvis.data_prep.things_meg import prepare_things_meg
+    from mindvis.data_prep.things_meg_settings import MEGSettings
     from mindvis.world import SyntheticWorld, SyntheticWorldConfig
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

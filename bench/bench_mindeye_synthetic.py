@@ -82,7 +82,7 @@ def shared_run(work: Path, subjects: list[Path], seed: int) -> dict:
     from mindvis.align.config import AlignConfig
     from mindvis.align.data import embed_images, split_test_trials
     from mindvis.align.decoders import decode
-    from mindvis.align.mindeye import load_subject
+    from mindvis.align.mindeye_data import load_subject
     from mindvis.align.scoring import score_split
     from mindvis.align.training import train_subjects, validation_scores
     from mindvis.config import build_config

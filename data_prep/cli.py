@@ -174,7 +174,8 @@ def main(argv=None) -> int:
 
             out = prepare_god(args.h5, args.images, args.out, args.class_index, progress=tqdm)
         elif args.dataset == "things-meg":
-            from .things_meg import MEGSettings, prepare_things_meg
+            from .things_meg import prepare_things_meg
+            from .things_meg_settings import MEGSettings
 
             out = prepare_things_meg(args.root, args.subject, args.out, MEGSettings(
                 tmin=args.tmin, tmax=args.tmax, l_freq=args.l_freq, h_freq=args.h_freq, sfreq=args.sfreq,

@@ -106,7 +106,8 @@ def build_stage_b_data(cfg: DataConfig, patch_size: int, seed: int) -> StageBDat
 
 def build_meeg_data(cfg: DataConfig, seed: int) -> StageBData:
     """THINGS-MEG (a folder mindvis-prep things-meg wrote) or THINGS-EEG2 (the release): trials x channels x times."""
-    from mindvis.data.meeg import eeg2_subjects_pairs, things_meg_pairs
+    from mindvis.data.things_eeg2 import eeg2_subjects_pairs
+    from mindvis.data.things_meg import things_meg_pairs
 
     if not cfg.path:
         raise DataError(f"data.path is empty: give the {cfg.dataset} folder (--data-path DIR)")

@@ -164,7 +164,7 @@ def convert_main(argv=None) -> int:
         elif args.cmd in mindeye2_generators:
             atomic_dir(args.dst, lambda tmp: mindeye2_generators[args.cmd](args, tmp))
         elif args.cmd in ("from-mindeye1", "from-mindeye2"):
-            from mindvis.align.mindeye import convert_to_run
+            from mindvis.align.mindeye_convert import convert_to_run
 
             print(convert_to_run(args.cmd[5:], args.src, args.dst, getattr(args, "lowlevel", None),
                                  getattr(args, "subject", None), args.data_path, args.target, args.overwrite))

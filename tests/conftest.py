@@ -65,3 +65,15 @@ def tiny_prior(tmp_path_factory, tiny_world):
 @pytest.fixture(scope="session")
 def reference():
     return dict(np.load(FIXTURES / "reference_outputs.npz"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks run fastest on one thread, and are then immune to a busy machine's oversubscription; a module
+    opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

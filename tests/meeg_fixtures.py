@@ -2,7 +2,8 @@
 THINGS-EEG2 release, both subjects' preparations in one folder, and a brain-module run and a ridge run on them."""
 import pytest
 
-from mindvis.data_prep.things_meg import MEGSettings, prepare_things_meg
+from mindvis.data_prep.things_meg import prepare_things_meg
+from mindvis.data_prep.things_meg_settings import MEGSettings
 from mindvis.world import SyntheticWorld, SyntheticWorldConfig
 
 from .conftest import TINY_WORLD

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from mindvis.models.brain_module import (BENCHETRIT_2023, BrainModule, BrainModuleConfig, benchetrit_config,
-                                         fourier_embedding, normalise_positions)
+from mindvis.models.brain_module import BrainModule
+from mindvis.models.brain_module_config import BENCHETRIT_2023, BrainModuleConfig, benchetrit_config
+from mindvis.models.brain_module_positions import fourier_embedding, normalise_positions
 
 
 def small(aggregation="affine", subjects=("a", "b"), channels=12, times=20, positions=None, **kw):

@@ -15,7 +15,9 @@ import torch
 
 from mindvis.compat.brainmagick import brainmagick_to_mindvis, convert_brainmagick, load_brainmagick
 from mindvis.compat.safe_pickle import CheckpointError
-from mindvis.models.brain_module import BrainModule, BrainModuleConfig, layout_positions
+from mindvis.models.brain_module import BrainModule
+from mindvis.models.brain_module_config import BrainModuleConfig
+from mindvis.models.brain_module_positions import layout_positions
 from mindvis.models.brain_module_loss import brainmagick_clip_loss, brainmagick_clip_scores
 
 FIXTURES = Path(__file__).parent / "fixtures" / "brainmagick"

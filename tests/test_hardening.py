@@ -470,7 +470,8 @@ def test_case_8_and_10_sample_argument_ranges(flag, value, tmp_path, capsys):
 def test_case_10_sample_refuses_a_brain_module_run(tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
-    from mindvis.models.brain_module import BrainModule, BrainModuleConfig
+    from mindvis.models.brain_module import BrainModule
+    from mindvis.models.brain_module_config import BrainModuleConfig
     from mindvis.pipelines.embedding_pipeline import EmbeddingToImagePipeline
 
     generator = SimpleNamespace(image_size=16, conditioner=SimpleNamespace(config=SimpleNamespace(embed_dim=4)))

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 from mindvis.data.fmri import DataError
-from mindvis.data.meeg import concept_of, eeg2_pairs, eeg2_subjects_pairs, load_pickled_npy, things_meg_pairs
+from mindvis.data.meeg import concept_of
+from mindvis.data.things_eeg2 import eeg2_pairs, eeg2_subjects_pairs, load_pickled_npy
+from mindvis.data.things_meg import things_meg_pairs
 from mindvis.data_prep.cli import main as prep_main
-from mindvis.data_prep.things_meg import MEGSettings, prepare_things_meg
+from mindvis.data_prep.things_meg import prepare_things_meg
+from mindvis.data_prep.things_meg_settings import MEGSettings
 from mindvis.pipelines.stream import WindowStream, offline_windows
 
 from .meeg_fixtures import TINY_BRAIN_MODULE, align_args, prepared, release, run_files, runs  # noqa: F401
@@ -301,7 +304,7 @@ def test_align_settings_mirror_the_brain_module_and_refuse_no_vector(tmp_path, c
 
     from mindvis.align.cli import main as align_main
     from mindvis.align.config import BrainModuleSettings
-    from mindvis.models.brain_module import BrainModuleConfig
+    from mindvis.models.brain_module_config import BrainModuleConfig
 
     data_set = {"positions", "n_times", "dim", "subjects", "subject_positions"}
     mirror = {f.name: f.default for f in fields(BrainModuleSettings)}
@@ -331,7 +334,7 @@ def test_things_meg_preset_is_brainmagicks_training():
 def test_align_brain_module_over_subjects_windows_and_stream(prepared, release, runs, cache_dir, tmp_path):
     from mindvis.align.cli import main as align_main
     from mindvis.align.decoders import load_decoder
-    from mindvis.data.meeg import preprocess_window, robust_scale
+    from mindvis.data.meeg_signal import preprocess_window, robust_scale
     from mindvis.pipelines.stream import main as stream_main
 
     rep = json.loads((runs["bm"] / "retrieval.json").read_text())

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from mindvis.data_prep.cli import main as prep_main
-from mindvis.data_prep.things_meg import MEGSettings, prepare_things_meg
+from mindvis.data_prep.things_meg import prepare_things_meg
+from mindvis.data_prep.things_meg_settings import MEGSettings
 from mindvis.pipelines.stream import main as stream_main
 
 from .meeg_fixtures import prepared, release, run_files, runs  # noqa: F401

@@ -14,7 +14,7 @@ FIX = Path(__file__).parent / "fixtures"
 @pytest.fixture(scope="module")
 def parts():
     from mindvis.compat.mindeye import load_mindeye1
-    from mindvis.pipelines.mindeye_recon import VersatileImageGenerator
+    from mindvis.pipelines.mindeye_generators import VersatileImageGenerator
 
     r = np.load(FIX / "mindeye1_recon" / "reference_outputs.npz")
     ck = load_mindeye1(FIX / "mindeye1" / "prior" / "last.pth")

@@ -33,13 +33,7 @@ def close(a, b, atol=ATOL):
     assert err <= atol, f"max |diff| {err:.3g} > {atol}"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: one thread is fastest, and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
 
 
 class Outputs:

@@ -29,12 +29,7 @@ TINY_BLURRY = ["mindeye.blurry_channels=8", "mindeye.blurry_decoder_channels=[8,
                "mindeye.blurry_maps_hidden=16"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
 
 
 # --------------------------------------------------------------------------------------------- the presets
@@ -96,7 +91,7 @@ def test_presets_hold_the_reference_settings(recipe):
 
 
 def test_onecycle_and_groups_are_the_references():
-    from mindvis.align.mindeye_training import build_network, onecycle, optimizer_groups, prior_config
+    from mindvis.align.mindeye_models import build_network, onecycle, optimizer_groups, prior_config
     from mindvis.models.mindeye_prior import MindEyePrior
 
     cfg = build_config(AlignConfig, preset_path("align", "mindeye1"), ["mindeye.hidden=8", "mindeye.blocks=1",
@@ -132,7 +127,7 @@ def test_recipe_flag_picks_the_preset(capsys):
 
 
 def test_multi_subject_batches_hold_an_equal_share():
-    from mindvis.align.mindeye_training import SubjectTrials, multi_subject_batches
+    from mindvis.align.mindeye_batches import SubjectTrials, multi_subject_batches
 
     subjects = []
     for n_img, v in ((30, 5), (45, 7), (20, 4)):
@@ -150,7 +145,7 @@ def test_multi_subject_batches_hold_an_equal_share():
 
 
 def test_mindeye1_cycles_one_repetition_per_batch():
-    from mindvis.align.mindeye_training import SubjectTrials, cycle_trials
+    from mindvis.align.mindeye_batches import SubjectTrials, cycle_trials
 
     img = np.array([0, 1, 0, 2, 1, 0, 2, 1, 3])  # image 2 has two repetitions, 3 one
     s = SubjectTrials("s", np.arange(9, dtype=np.float32)[:, None], img, np.zeros((4, 1, 1), np.float32),
@@ -160,7 +155,7 @@ def test_mindeye1_cycles_one_repetition_per_batch():
 
 
 def test_mindeye1_augmentation_is_per_image_and_seeded():
-    from mindvis.align.mindeye_training import mindeye1_augment
+    from mindvis.align.mindeye_augment import mindeye1_augment
 
     x = torch.rand(64, 3, 16, 16)
     a, b = (mindeye1_augment(x, torch.Generator().manual_seed(3)) for _ in range(2))
@@ -174,7 +169,8 @@ def test_mindeye1_augmentation_is_per_image_and_seeded():
 def test_test_time_averaging_is_the_references():
     """MindEye2 averages the model outputs of every repetition, MindEye1 decodes the averaged fMRI: both against a
     plain loop over the images."""
-    from mindvis.align.mindeye_training import average_fmri, average_outputs, build_network, decode_outputs
+    from mindvis.align.mindeye_decode import average_fmri, average_outputs, decode_outputs
+    from mindvis.align.mindeye_models import build_network
 
     cfg = build_config(AlignConfig, preset_path("align", "mindeye2-synthetic"), TINY + TINY_BLURRY)
     torch.manual_seed(0)
@@ -206,7 +202,8 @@ def test_test_time_averaging_is_the_references():
 
 def _step_losses(family: str, steps: int = 12) -> list[float]:
     """The recipe's loss on one fixed batch over a few optimiser steps (dropout off)."""
-    from mindvis.align.mindeye_training import build_network, forward_batch, optimizer_groups, prior_config
+    from mindvis.align.mindeye_decode import forward_batch
+    from mindvis.align.mindeye_models import build_network, optimizer_groups, prior_config
     from mindvis.contrastive import soft_clip_loss
     from mindvis.models.mindeye_prior import MindEyePrior
 
@@ -349,7 +346,7 @@ def fixture_targets(monkeypatch):
     """A stand-in for the token spaces at the fixtures' sizes (4 x 16): a fixed random projection of the image."""
     import torch.nn.functional as F
 
-    import mindvis.align.mindeye as me
+    import mindvis.align.mindeye_scoring as me
     from mindvis.models.image_embedders import ImageEmbedder
 
     w = torch.randn(3 * 8 * 8, 4 * 16, generator=torch.Generator().manual_seed(0))
@@ -432,7 +429,7 @@ def test_full_size_training_steps_on_cpu():
     """MindEye1 at full size (h 4096, 257 x 768 tokens, its prior): one training step of the recipe's loss at batch 2
     in fp32; MindEye2 (h 4096, the bigG prior, the blurry branch): one step in bf16 weights (its fp32 weights and
     gradients alone take 17.9 GB). SGD, so no optimiser state (bench/bench_mindeye_memory.py has the numbers)."""
-    from mindvis.align.mindeye_training import forward_batch
+    from mindvis.align.mindeye_decode import forward_batch
     from mindvis.contrastive import soft_clip_loss
     from mindvis.models.mindeye1 import MindEye1Network
     from mindvis.models.mindeye2 import MindEye2Network

@@ -201,7 +201,7 @@ def test_voxel_select_and_the_blurry_decoder():
 
 def test_lowlevel_training_writes_a_model_the_sampler_reads(nsd40, tmp_path, cache_dir):
     from mindvis.pipelines.mindeye_lowlevel import main as lowlevel_main
-    from mindvis.pipelines.mindeye_sample import load_lowlevel
+    from mindvis.pipelines.mindeye_sample_inputs import load_lowlevel
 
     args = ["--data-path", str(nsd40), "--target", "pixels", "--out", str(tmp_path / "low"), "epochs=2",
             "warmup_epochs=1",
@@ -338,7 +338,7 @@ def test_mindeye2_refinement_with_captions(nsd40, tmp_path):
     from mindvis.commands import convert_main
     from mindvis.compat.mindeye import convert_mindeye2
     from mindvis.evaluation.cli import main as eval_main
-    from mindvis.pipelines.mindeye_recon import BigGToL, Captioner, SDXLRefiner
+    from mindvis.pipelines.mindeye_refine import BigGToL, Captioner, SDXLRefiner
     from mindvis.pipelines.sample_cli import main as sample_main
 
     sdxl, git = tiny_sdxl(tmp_path), tiny_git(tmp_path / "git")

@@ -16,7 +16,7 @@ FIX = Path(__file__).parent / "fixtures" / "mindeye2_unclip"
 @pytest.fixture(scope="module")
 def unclip(tmp_path_factory):
     from mindvis.compat.unclip import convert_unclip
-    from mindvis.pipelines.mindeye_recon import UnclipGenerator
+    from mindvis.pipelines.mindeye_generators import UnclipGenerator
 
     out = tmp_path_factory.mktemp("unclip") / "unclip"
     report = convert_unclip(FIX / "unclip_tiny.ckpt", out, num_head_channels=8, latent_size=12)
@@ -35,7 +35,8 @@ def test_conversion_report_and_parts(unclip):
 
 
 def test_unet_denoiser_decoder_and_schedule_equal_the_reference(unclip):
-    from mindvis.pipelines.mindeye_recon import discrete_sigma_table, sgm_denoise, sgm_sigmas
+    from mindvis.pipelines.mindeye_recon import sgm_denoise
+    from mindvis.pipelines.mindeye_schedules import discrete_sigma_table, sgm_sigmas
 
     gen, _, r = unclip
     x, tok = torch.from_numpy(r["unet_x"]), torch.from_numpy(r["tokens"])
@@ -88,7 +89,7 @@ def test_blurry_vae_and_converter_files(tmp_path):
 
     from mindvis.commands import convert_main
     from mindvis.pipelines.mindeye_lowlevel import load_vae
-    from mindvis.pipelines.mindeye_recon import BigGToL
+    from mindvis.pipelines.mindeye_refine import BigGToL
 
     torch.manual_seed(0)
     vae = AutoencoderKL(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,

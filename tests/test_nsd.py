@@ -96,7 +96,8 @@ def test_split_averages_shared_repetitions(release, prepared):
     assert nsd_fmri(prepared, 16).shape == (1440, 96) and nsd_fmri(prepared, 16, include_test=True).shape == (1500, 96)
 
 
-def test_interrupted_preparation_resumes_to_identical_output(release, prepared, tmp_path, monkeypatch):
+def _interrupt_at_session_2(monkeypatch, release, out, **settings):
+    """Run the preparation until it starts reading session 2, as a user's Ctrl-C would stop it."""
     real = prep.read_session
 
     def dies_on_session_2(path, mask):
@@ -106,7 +107,12 @@ def test_interrupted_preparation_resumes_to_identical_output(release, prepared, 
 
     monkeypatch.setattr(prep, "read_session", dies_on_session_2)
     with pytest.raises(KeyboardInterrupt):
-        prep.prepare_nsd(release, "subj01", tmp_path / "p", image_size=64)
+        prep.prepare_nsd(release, "subj01", out, image_size=64, **settings)
+    return real
+
+
+def test_interrupted_preparation_resumes_to_identical_output(release, prepared, tmp_path, monkeypatch):
+    real = _interrupt_at_session_2(monkeypatch, release, tmp_path / "p")
     assert (tmp_path / "p/sessions/session01/.done").is_file() and not (tmp_path / "p/betas.npy").exists()
     monkeypatch.setattr(prep, "read_session", real)
     prep.prepare_nsd(release, "subj01", tmp_path / "p", image_size=64)
@@ -115,16 +121,7 @@ def test_interrupted_preparation_resumes_to_identical_output(release, prepared, 
 
 
 def test_a_rerun_with_other_settings_redoes_the_finished_sessions(release, prepared, tmp_path, monkeypatch):
-    real = prep.read_session
-
-    def dies_on_session_2(path, mask):
-        if "session02" in str(path):
-            raise KeyboardInterrupt
-        return real(path, mask)
-
-    monkeypatch.setattr(prep, "read_session", dies_on_session_2)
-    with pytest.raises(KeyboardInterrupt):
-        prep.prepare_nsd(release, "subj01", tmp_path / "p", image_size=64, zscore_mode="none")
+    real = _interrupt_at_session_2(monkeypatch, release, tmp_path / "p", zscore_mode="none")
     assert json.loads((tmp_path / "p/sessions/session01/.done").read_text())["zscore"] == "none"
     monkeypatch.setattr(prep, "read_session", real)
     out = prep.prepare_nsd(release, "subj01", tmp_path / "p", image_size=64)  # now the default z-scoring

@@ -11,8 +11,8 @@ stand-ins that run nothing, and the few settings only the configuration holds (t
 skip connections, the dropouts, the activation) are read from it as data. Every size comes from the tensors' shapes.
 The model becomes a :class:`~mindvis.models.brain_module.BrainModule` with ``aggregation="none"``: brainmagick's
 time-resolved output (N, features, T). brainmagick computes sensor positions per recording (``mne.find_layout``); a
-converted module takes them with each batch (``positions=``, see :func:`~mindvis.models.brain_module.layout_positions`)
-unless a montage is given here.
+converted module takes them with each batch (``positions=``, see
+:func:`~mindvis.models.brain_module_positions.layout_positions`) unless a montage is given here.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import math
 import re
 from pathlib import Path
 
-from ..models.brain_module import BrainModule, BrainModuleConfig
+from ..models.brain_module import BrainModule
+from ..models.brain_module_config import BrainModuleConfig
 from .safe_pickle import TRAINING_STATE, CheckpointError, Inert, load_torch_checkpoint
 
 #: What a brainmagick checkpoint pickles beside tensors and training state: its configuration (omegaconf), its scaler

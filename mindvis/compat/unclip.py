@@ -30,7 +30,7 @@ size condition (768, 768) / crop (0, 0), 38 Euler steps, CFG 5, offset noise 0.0
 :func:`mindvis.pipelines.mindeye_lowlevel.convert_sd_autoencoder`.
 
 **bigG -> L converter** (``bigG_to_L_epoch8.pth``: ``{"model_state_dict": {linear1.*, linear2.*}}``) -> a
-safetensors file (:class:`mindvis.pipelines.mindeye_recon.BigGToL`).
+safetensors file (:class:`mindvis.pipelines.mindeye_refine.BigGToL`).
 """
 from __future__ import annotations
 
@@ -138,7 +138,8 @@ def convert_unclip(src: str | os.PathLike | dict, out: str | os.PathLike, num_he
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
-    from ..pipelines.mindeye_recon import UnclipSettings, discrete_sigma_table, scaled_linear_alphas_cumprod
+    from ..pipelines.mindeye_generators import UnclipSettings
+    from ..pipelines.mindeye_schedules import discrete_sigma_table, scaled_linear_alphas_cumprod
     from ..utils.io import atomic_write_json
 
     sd = src if isinstance(src, dict) else read_state_dict(src)

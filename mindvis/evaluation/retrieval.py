@@ -5,7 +5,8 @@ is the cosine. Chance levels are returned next to the scores (:func:`embedding_r
 
 * top-k retrieval, brain -> image: image i is among the k candidates most similar to decoded row i;
   image -> brain: decoded row i is among the k rows most similar to image i. Ties count against.
-* MindEye's protocol: the same on ``subset`` random items (300), over ``draws`` draws (30): mean and std.
+* MindEye's protocol (:func:`published_retrieval`): top-1 image and brain retrieval among ``subset`` random items
+  (300), over ``draws`` draws (30) from numpy's ``RandomState(42)``, as MindEye2's evaluation computes and labels them.
 * relative median rank (Meta): the median over rows of (rank of the true image - 1) / (N - 1); 0 = perfect,
   0.5 = chance.
 * embedding correlation: the mean over dimensions of Pearson r between decoded and true values across items;
@@ -50,22 +51,6 @@ def distractor_retrieval(pred: torch.Tensor, target: torch.Tensor, distractors: 
     n = sim.shape[1]
     return {"top1": top_k(sim, 1), "top5": top_k(sim, 5), "median_rank": relative_median_rank(sim), "candidates": n,
             "chance": {"top1": 1 / n, "top5": min(1.0, 5 / n), "median_rank": 0.5}}
-
-
-def subset_retrieval(pred: torch.Tensor, target: torch.Tensor, subset: int = 300, draws: int = 30, k: int = 1,
-                     seed: int = 0) -> dict:
-    """MindEye's protocol: top-k in both directions among ``subset`` random items, ``draws`` times."""
-    n = len(pred)
-    size = min(subset, n)
-    gen = torch.Generator().manual_seed(seed)
-    fwd, bwd = [], []
-    for _ in range(draws):
-        idx = torch.randperm(n, generator=gen)[:size]
-        sim = cosine_similarity(pred[idx], target[idx])
-        fwd.append(top_k(sim, k))
-        bwd.append(top_k(sim.T, k))
-    return {"subset": size, "draws": draws, "brain_to_image": (float(np.mean(fwd)), float(np.std(fwd))),
-            "image_to_brain": (float(np.mean(bwd)), float(np.std(bwd))), "chance": min(1.0, k / size)}
 
 
 #: MindEye2's retrieval: ``draws`` draws of ``subset`` items, numpy's legacy global generator seeded with ``seed``
@@ -123,8 +108,8 @@ def embedding_cosine(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float(F.cosine_similarity(pred.double(), target.double(), dim=-1).mean())
 
 
-def embedding_report(pred: torch.Tensor, target: torch.Tensor, mindeye_subset: int = 300, draws: int = 30,
-                     seed: int = 0) -> dict:
+def embedding_report(pred: torch.Tensor, target: torch.Tensor, mindeye_subset: int = PUBLISHED_SUBSET,
+                     draws: int = PUBLISHED_DRAWS, seed: int = PUBLISHED_SEED) -> dict:
     """Every embedding metric: ``{name: {"value", "chance"[, "std"]}}``."""
     if pred.shape != target.shape:
         raise ValueError(f"decoded embeddings {tuple(pred.shape)} and targets {tuple(target.shape)} differ in shape")
@@ -136,10 +121,9 @@ def embedding_report(pred: torch.Tensor, target: torch.Tensor, mindeye_subset: i
     for k in (1, 5):
         out[f"top{k}_brain_to_image"] = {"value": top_k(sim, k), "chance": min(1.0, k / n)}
         out[f"top{k}_image_to_brain"] = {"value": top_k(sim.T, k), "chance": min(1.0, k / n)}
-    sub = subset_retrieval(pred, target, mindeye_subset, draws, 1, seed)
-    for d in ("brain_to_image", "image_to_brain"):
-        out[f"mindeye_top1_{d}"] = {"value": sub[d][0], "std": sub[d][1], "chance": sub["chance"],
-                                    "subset": sub["subset"], "draws": draws}
+    for name, r in published_retrieval(pred, target, mindeye_subset, draws, seed).items():  # MindEye's protocol
+        out[name] = {"value": r["mean"], "std": r["std"], "ci95": r["ci95"], "chance": r["chance"],
+                     "subset": r["subset"], "draws": draws, "seed": seed}
     out["relative_median_rank"] = {"value": relative_median_rank(sim), "chance": 0.5}
     out["embedding_correlation"] = {"value": embedding_correlation(pred, target), "chance": 0.0}
     out["embedding_cosine"] = {"value": embedding_cosine(pred, target), "chance": None}

@@ -26,251 +26,25 @@ The stages, in brainmagick's order (see docs/brainmagick.md in the notes for the
 Every number is a setting with brainmagick's clip_conv value as default. The modules are created in brainmagick's
 order, so the same seed gives the same initial weights. One deliberate difference: where brainmagick's spatial
 dropout would mask every channel of a sample (its softmax then returns NaN), that sample keeps its channels.
+
+The settings and Benchetrit et al.'s preset are in :mod:`mindvis.models.brain_module_config`, the sensor positions
+(normalisation, MNE layouts, their Fourier embedding) in :mod:`mindvis.models.brain_module_positions`, the layers
+(channel dropout, spatial attention, subject layers, convolutions) in :mod:`mindvis.models.brain_module_layers`.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from .brain_module_config import BrainModuleConfig
+from .brain_module_layers import ChannelDropout, ChannelMerger, ConvSequence, SubjectLayers
+from .brain_module_positions import normalise_positions
 from .persistence import PretrainedMixin
 
-AGGREGATIONS = ("affine", "mean", "attention", "none")
-KEPT_DRAWS = 100  # brainmagick's ChannelDropout estimates each channel's probability of being kept from 100 points
 
-
-@dataclass
-class BrainModuleConfig:
-    """Defaults: brainmagick's clip_conv (bm/conf/model/clip_conv.yaml over bm/conf/model_defaults/defaults.yaml),
-    the brainmagick setting named after each field."""
-    positions: list  # (C, 2) sensor positions, any units (normalised here); None / NaN rows: no position (masked).
-    #                  Empty: positions are given with every batch (forward(..., positions=))
-    n_times: int  # samples per input window (the affine aggregation has one weight per sample)
-    dim: int  # the target embedding's size (the heads' output); 0 with aggregation "none"
-    subjects: list = field(default_factory=lambda: ["0"])  # one subject layer each (n_subjects)
-    #: per-subject montages over the same channel list as ``positions`` ({subject: (C, 2)}, None / NaN rows: the
-    #: subject lacks that channel): a sample's positions are its subject's (brainmagick: its recording's); subjects
-    #: not listed use ``positions``
-    subject_positions: dict = field(default_factory=dict)
-    merger_channels: int = 270  # merger_channels
-    fourier_harmonics: int = 32  # K; merger_pos_dim = 2 K^2 = 2048
-    fourier_margin: float = 0.2  # FourierEmb margin
-    spatial_dropout: float = 0.2  # merger_dropout: radius in the normalised layout; 0 switches it off
-    channel_dropout: float = 0.0  # dropout (ChannelDropout radius); 0: no ChannelDropout (clip_conv)
-    channel_dropout_rescale: bool = True  # dropout_rescale
-    initial_linear: int | None = None  # initial_linear (clip_conv: 270); None: merger_channels; 0: none
-    subject_layers_id: bool = False  # subject_layers_id: identity init instead of N(0, 1)
-    hidden: int = 320  # hidden.meg
-    depth: int = 10  # depth: convolution layers
-    blocks: int = 0  # legacy: when > 0, depth = blocks x glu
-    kernel_size: int = 3  # kernel_size
-    dilation_growth: int = 2  # dilation_growth
-    dilation_period: int = 5  # dilation_period (0: never reset)
-    skip: bool = True  # skip
-    batch_norm: bool = True  # batch_norm
-    glu: int = 2  # glu: a GLU after every glu-th layer (0: none)
-    glu_context: int = 1  # glu_context: the GLU convolution's kernel is 1 + 2 glu_context
-    glu_dilation: int = 1  # the GLU convolution's dilation (brainmagick: 1; mindvis before 0.x used 2)
-    conv_dropout: float = 0.0  # conv_dropout
-    dropout_input: float = 0.0  # dropout_input
-    features: int = 2048  # out_channels of brainmagick's model (Benchetrit et al.'s F')
-    aggregation: str = "affine"  # Benchetrit et al.: affine | mean | attention; none: brainmagick's (N, F, T)
-
-    def __post_init__(self):
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
-        if self.blocks:
-            self.depth, self.blocks = self.blocks * max(self.glu, 1), 0
-        self.positions = [None if p is None or not np.all(np.isfinite(np.asarray(p, dtype=float))) else
-                          [float(v) for v in p] for p in self.positions]
-        if any(p is not None and len(p) != 2 for p in self.positions):
-            raise ValueError("positions must be a (channels, 2) list of sensor positions (None for none)")
-        if self.positions and all(p is None for p in self.positions):
-            raise ValueError("no sensor has a position: the spatial attention would mask every channel")
-        self.subject_positions = {str(k): [None if p is None or not np.all(np.isfinite(np.asarray(p, dtype=float)))
-                                           else [float(v) for v in p] for p in m]
-                                  for k, m in self.subject_positions.items()}
-        unknown = sorted(set(self.subject_positions) - {str(s) for s in self.subjects})
-        if unknown:
-            raise ValueError(f"subject_positions names subjects without a subject layer: {unknown}")
-        for k, m in self.subject_positions.items():
-            if len(m) != len(self.positions) or any(p is not None and len(p) != 2 for p in m):
-                raise ValueError(f"subject_positions[{k!r}] must be a ({len(self.positions)}, 2) list, as positions")
-            if all(p is None for p in m):
-                raise ValueError(f"subject {k!r} has no sensor with a position")
-        if not self.subjects:
-            raise ValueError("subjects must name at least one subject")
-        if self.kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd (padding keeps the length), got {self.kernel_size}")
-        if min(self.merger_channels, self.fourier_harmonics, self.hidden, self.features) < 1 or self.depth < 1:
-            raise ValueError("sizes must be positive")
-        if self.aggregation != "none" and self.dim < 1:
-            raise ValueError(f"dim must be positive with aggregation {self.aggregation!r}")
-
-    @property
-    def merger_pos_dim(self) -> int:
-        return 2 * self.fourier_harmonics**2
-
-    @property
-    def initial_channels(self) -> int:
-        return self.merger_channels if self.initial_linear is None else self.initial_linear
-
-
-# ----------------------------------------------------------------------------- sensor positions
-def normalise_positions(positions) -> np.ndarray:
-    """(..., C, 2) positions (NaN: none) -> float32, min-max normalised to [0, 1] per axis over the channels that
-    have one (float64 arithmetic, as brainmagick's PositionGetter); idempotent on normalised positions."""
-    p = np.array(positions, dtype=np.float64)
-    valid = np.isfinite(p).all(-1, keepdims=True)
-    q = np.where(valid, p, np.nan)
-    lo, hi = np.nanmin(q, axis=-2, keepdims=True), np.nanmax(q, axis=-2, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (q - lo) / (hi - lo)
-    return np.where(valid, out, np.nan).astype(np.float32)
-
-
-def layout_positions(info, layout=None) -> np.ndarray:
-    """(C, 2) positions of ``info``'s channels for the spatial attention, as brainmagick computes them: the 2-D
-    positions of ``mne.find_layout(info)`` (or ``layout``), matched by channel name with any ``-suffix`` removed
-    (CTF's ``MLC11-1609`` is the layout's ``MLC11``), min-max normalised per axis; NaN for a channel the layout lacks
-    (the brain module masks it)."""
-    import mne
-
-    layout = mne.channels.find_layout(info) if layout is None else layout
-    out = np.full((len(info.ch_names), 2), np.nan)
-    for i, name in enumerate(info.ch_names):
-        name = name.rsplit("-", 1)[0]
-        if name in layout.names:
-            out[i] = layout.pos[layout.names.index(name), :2]
-    return normalise_positions(out)
-
-
-def fourier_embedding(positions: torch.Tensor, harmonics: int, margin: float) -> torch.Tensor:
-    """(..., 2) normalised positions -> (..., 2 K^2): cos then sin of 2 pi (k (x + m) + l (y + m)) / (1 + 2 m),
-    k (x frequency) outer, l inner."""
-    freqs_y = torch.arange(harmonics).to(positions)
-    freqs_x = freqs_y[:, None]
-    width = 1 + 2 * margin
-    positions = positions + margin
-    p_x = 2 * math.pi * freqs_x / width
-    p_y = 2 * math.pi * freqs_y / width
-    positions = positions[..., None, None, :]
-    loc = (positions[..., 0] * p_x + positions[..., 1] * p_y).flatten(-2)
-    return torch.cat([torch.cos(loc), torch.sin(loc)], dim=-1)
-
-
-def _within(positions: torch.Tensor, centre: torch.Tensor, radius: float) -> torch.Tensor:
-    return (positions - centre).norm(dim=-1) <= radius
-
-
-# ----------------------------------------------------------------------------- layers
-class ChannelDropout(nn.Module):
-    """brainmagick's ChannelDropout: zero the channels without a position; in training also those within ``radius``
-    of one random point, the others divided by their probability of being kept (``rescale``)."""
-
-    def __init__(self, radius: float, rescale: bool = True):
-        super().__init__()
-        self.radius, self.rescale = radius, rescale
-
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        x = x * valid.float()[:, :, None]
-        if self.training:
-            kept = (positions - torch.rand(2, device=x.device)).norm(dim=-1) > self.radius
-            x = x * kept.float()[:, :, None]
-            if self.rescale:
-                proba = torch.zeros(x.shape[:2], device=x.device)
-                for _ in range(KEPT_DRAWS):
-                    proba += ((positions - torch.rand(2, device=x.device)).norm(dim=-1) > self.radius).float() / KEPT_DRAWS
-                x = x / (1e-8 + proba[:, :, None])
-        return x
-
-
-class ChannelMerger(nn.Module):
-    """Spatial attention: (N, C, T) -> (N, D, T), D softmax mixtures of the sensors scored from their positions."""
-
-    def __init__(self, out_channels: int, harmonics: int, margin: float, dropout: float):
-        super().__init__()
-        pos_dim = 2 * harmonics**2
-        self.heads = nn.Parameter(torch.randn(out_channels, pos_dim))
-        self.heads.data /= pos_dim**0.5
-        self.harmonics, self.margin, self.dropout = harmonics, margin, dropout
-
-    def weights(self, positions: torch.Tensor, valid: torch.Tensor, centre: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, D, C) mixing weights for (N, C, 2) positions (finite; ``valid`` (N, C) marks the real ones)."""
-        emb = fourier_embedding(positions, self.harmonics, self.margin)
-        offset = torch.zeros(valid.shape, device=positions.device)
-        masked = ~valid
-        if self.training and self.dropout:
-            centre = torch.rand(2, device=positions.device) if centre is None else centre.to(positions)
-            banned = _within(positions, centre, self.dropout) | masked
-            masked = torch.where(banned.all(1, keepdim=True), masked, banned)  # never every channel of a sample
-        offset[masked] = float("-inf")
-        scores = torch.einsum("bcd,bod->boc", emb, self.heads[None].expand(len(positions), -1, -1))
-        scores += offset[:, None]
-        return torch.softmax(scores, dim=2)
-
-    def forward(self, x, positions, valid, centre=None):
-        return torch.einsum("bct,boc->bot", x, self.weights(positions, valid, centre))
-
-
-class SubjectLayers(nn.Module):
-    """One C x D matrix per subject, chosen per sample: (N, C, T) -> (N, D, T), out[d] = sum_c x[c] W[s, c, d]."""
-
-    def __init__(self, channels: int, n_subjects: int, init_id: bool = False):
-        super().__init__()
-        self.weights = nn.Parameter(torch.randn(n_subjects, channels, channels))
-        if init_id:
-            self.weights.data[:] = torch.eye(channels)[None]
-        self.weights.data *= 1 / channels**0.5
-
-    def forward(self, x: torch.Tensor, subjects: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bct,bcd->bdt", x, self.weights[subjects])
-
-
-class ConvSequence(nn.Module):
-    """brainmagick's ConvSequence as clip_conv builds it: per layer [input dropout], conv, [batch norm], GELU,
-    [dropout]; a residual skip where the shapes match; a convolution + GLU after every ``glu``-th layer."""
-
-    def __init__(self, channels, kernel: int, dilation_growth: int, dilation_period: int, batch_norm: bool, skip: bool,
-                 glu: int, glu_context: int, glu_dilation: int, dropout: float, dropout_input: float):
-        super().__init__()
-        self.skip = skip
-        self.sequence, self.glus = nn.ModuleList(), nn.ModuleList()
-        dilation = 1
-        for k, (chin, chout) in enumerate(zip(channels[:-1], channels[1:])):
-            layers: list[nn.Module] = []
-            if k == 0 and dropout_input:
-                layers.append(nn.Dropout(dropout_input))
-            if dilation_period and k % dilation_period == 0:
-                dilation = 1
-            layers.append(nn.Conv1d(chin, chout, kernel, 1, kernel // 2 * dilation, dilation=dilation))
-            dilation *= dilation_growth
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(chout))
-            layers.append(nn.GELU())
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            self.sequence.append(nn.Sequential(*layers))
-            if glu and (k + 1) % glu == 0:
-                self.glus.append(nn.Sequential(nn.Conv1d(chout, 2 * chout, 1 + 2 * glu_context,
-                                                         padding=glu_context * glu_dilation, dilation=glu_dilation),
-                                               nn.GLU(dim=1)))
-            else:
-                self.glus.append(None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer, glu in zip(self.sequence, self.glus):
-            y = layer(x)
-            x = y + x if self.skip and y.shape == x.shape else y
-            if glu is not None:
-                x = glu(x)
-        return x
-
-
-# ----------------------------------------------------------------------------- the module
 class BrainModule(PretrainedMixin, nn.Module):
     def __init__(self, config: BrainModuleConfig):
         super().__init__()
@@ -404,26 +178,3 @@ class BrainModule(PretrainedMixin, nn.Module):
             return {"features": z}
         h = self.forward_aggregate(z)
         return {name: head(h) for name, head in self.heads.items()}
-
-
-# ----------------------------------------------------------------------------- Benchetrit et al.'s image decoding
-#: Benchetrit, Banville and King (ICLR 2024), "Brain decoding: toward real-time reconstruction of visual
-#: perception": brainmagick's clip_conv module with a temporal aggregation and two heads (CLIP and MSE). The paper's
-#: text could not be read here beyond its abstract (which confirms the contrastive + regression objectives); every
-#: value below is UNVERIFIED (recalled from the paper's section 2.3 and appendix A, to be checked there).
-BENCHETRIT_2023 = {
-    "merger_channels": 270,  # unverified: the spatial attention's 270 virtual channels (as brainmagick)
-    "fourier_harmonics": 32,  # unverified (brainmagick clip_conv: merger_pos_dim 2048)
-    "spatial_dropout": 0.2,  # unverified (brainmagick merger_dropout)
-    "hidden": 320,  # unverified (brainmagick)
-    "depth": 10,  # unverified: 5 residual blocks of 2 convolutions + GLU (brainmagick clip_conv depth 10, glu 2)
-    "features": 2048,  # unverified: F', the backbone's output channels before aggregation
-    "aggregation": "affine",  # unverified: the learned affine projection over time (the paper also tries the
-    #                           global average ("mean") and an attention layer)
-}
-
-
-def benchetrit_config(positions, n_times: int, dim: int, subjects=("0",), **overrides) -> BrainModuleConfig:
-    """Benchetrit et al.'s image-decoding brain module (values in BENCHETRIT_2023, unverified) for a montage."""
-    return BrainModuleConfig(positions=list(positions), n_times=n_times, dim=dim, subjects=list(subjects),
-                             **{**BENCHETRIT_2023, **overrides})

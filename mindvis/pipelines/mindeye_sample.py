@@ -19,13 +19,14 @@ one as ``best/`` or ``model/`` (the MindEye recipes). Per test image (module doc
 ``unrefined`` (MindEye2 with refinement). Images larger than 256 px are saved at 256 (torchvision's tensor
 ``Resize`` without antialiasing, as both references resize before scoring). Metadata names the family, the
 generator (published or stand-in) and every sampling setting, for ``mindvis-eval --protocol``.
+
+The model folders and the test data are read by :mod:`mindvis.pipelines.mindeye_sample_inputs`, the command line is
+:mod:`mindvis.pipelines.mindeye_sample_cli`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -33,123 +34,15 @@ import numpy as np
 import torch
 
 from ..data.fmri import DataError
-from ..utils.cli import PlainHelpFormatter, int_at_least
-from .mindeye_recon import (ME1_GUIDANCE, ME1_SAMPLES, ME1_SEED, ME1_STEPS, ME1_STRENGTH, ME2_GUIDANCE,
-                            ME2_OFFSET_NOISE, ME2_SEED, ME2_STEPS, GeneratorUnavailable, StandInGenerator,
-                            load_generator, mindeye1_best_of, mindeye1_reconstruct, mindeye2_reconstruct, plain_resize)
+from .mindeye_generators import StandInGenerator, load_generator
+from .mindeye_recon import mindeye1_best_of, mindeye1_reconstruct, mindeye2_reconstruct, plain_resize
+from .mindeye_recon_settings import (ME1_GUIDANCE, ME1_SAMPLES, ME1_SEED, ME1_STEPS, ME2_GUIDANCE, ME2_OFFSET_NOISE,
+                                     ME2_SEED, ME2_STEPS)
+from .mindeye_sample_inputs import (_embedder, _float_embed, _run_data_config, decode_item, find_mindeye_folder,
+                                    load_lowlevel, test_items)
 
 log = logging.getLogger("mindvis.sample")
 SAVE_SIZE = 256  # both references resize their reconstructions to 256 px before scoring
-
-
-def find_mindeye_folder(path: str | Path) -> Path | None:
-    """The folder holding ``mindeye.json``: ``path`` itself, or an align run's ``best/`` or ``model/``."""
-    p = Path(path)
-    for candidate in (p, p / "best", p / "model"):
-        if (candidate / "mindeye.json").is_file():
-            return candidate
-    return None
-
-
-def is_mindeye_model(path: str | Path) -> bool:
-    return find_mindeye_folder(path) is not None
-
-
-def load_lowlevel(folder: str | Path):
-    """(MindEye1LowLevel, description) of a low-level folder: ``mindvis-train-lowlevel``'s (``lowlevel/`` +
-    ``lowlevel.json``), a converted MindEye1 autoencoder (``mindeye.json`` + ``lowlevel/``), or the module folder."""
-    from ..models.mindeye1 import MindEye1LowLevel
-
-    p = Path(folder)
-    for candidate in (p / "lowlevel", p):
-        if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
-            meta = {}
-            for m in (p / "lowlevel.json", p / "mindeye.json"):
-                if m.is_file():
-                    meta = json.loads(m.read_text())
-                    break
-            return MindEye1LowLevel.from_pretrained(candidate).eval(), meta
-    raise FileNotFoundError(f"{p} is not a MindEye1 low-level folder (lowlevel/ with config.json and "
-                            "model.safetensors)")
-
-
-def _run_data_config(run: Path, data_path: str | None, include_trials: bool):
-    """(DataConfig, target space or None) for the test split: ``--data-path`` (a prepared NSD folder), or the
-    ``data`` section of the run's config.yaml."""
-    from omegaconf import OmegaConf
-
-    from ..config import build_config
-    from ..finetune.config import DataConfig
-
-    target = None
-    if data_path:
-        cfg = build_config(DataConfig, defaults={"dataset": "nsd", "path": str(data_path), "val_fraction": 0.0})
-    else:
-        path = run / "config.yaml"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: give --data-path (a prepared NSD folder) or --fmri FILE")
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        cfg = build_config(DataConfig, defaults=raw.get("data", {}))
-        target = raw.get("target")
-    cfg.include_test_trials = include_trials
-    return cfg, target
-
-
-def test_items(split, family: str):
-    """(the repetition-averaged rows, per item the fMRI rows to decode). MindEye1: the averaged fMRI itself;
-    MindEye2: the item's single trials in repetition order, padded to three as the reference pads them."""
-    from ..data.pairs import TRIAL_MARK
-
-    avg_idx = [i for i, s in enumerate(split.ids) if TRIAL_MARK not in s]
-    avg = split.subset(avg_idx)
-    if family == "mindeye1":
-        return avg, [split.fmri[[i]] for i in avg_idx], "fMRI averaged over the repetitions, then decoded"
-    trials: dict[str, list[tuple[int, int]]] = {}
-    for i, s in enumerate(split.ids):
-        if TRIAL_MARK in s:
-            stim, rep = s.split(TRIAL_MARK)
-            trials.setdefault(stim, []).append((int(rep) if rep.isdigit() else 0, i))
-    if not all(s in trials for s in avg.ids):
-        log.warning("single test trials are missing: decoding the repetition-averaged fMRI instead of averaging "
-                    "the outputs of each repetition")
-        return avg, [split.fmri[[i]] for i in avg_idx], "fMRI averaged over the repetitions (no single trials)"
-    groups = []
-    for s in avg.ids:
-        rows = [i for _, i in sorted(trials[s])]
-        rows = (rows * 3)[:3] if len(rows) == 1 else (np.repeat(rows, 2)[:3].tolist() if len(rows) == 2 else rows[:3])
-        groups.append(split.fmri[rows])
-    return avg, groups, "outputs of each of 3 repetitions averaged (1 -> a a a, 2 -> a a b)"
-
-
-@torch.no_grad()
-def decode_item(family: str, network, fmri: np.ndarray, adapter: int = 0) -> dict:
-    """The network's outputs for one test item: ``regression`` (1, T, D) tokens, ``contrastive`` (1, T, D),
-    ``blurry`` (1, C, h, w) for MindEye2 with a low-level branch; MindEye2's averaged over the rows."""
-    x = torch.from_numpy(np.asarray(fmri, dtype=np.float32))
-    if family == "mindeye1":
-        tokens = network.forward_backbone(x)
-        return {"regression": tokens, "contrastive": network.forward_projector(tokens)}
-    outs = [network(x[[r]], adapter) for r in range(len(x))]
-    keys = ["regression", "contrastive"] + (["blurry"] if "blurry" in outs[0] else [])
-    return {k: sum(o[k] for o in outs) / len(outs) for k in keys}
-
-
-def _embedder(space: str | None, data_cfg):
-    from ..finetune.data import synthetic_world
-    from ..models.image_embedders import EmbedderUnavailable, load_embedder
-
-    if not space:
-        return None, "no target space given (--target SPACE)"
-    try:
-        return load_embedder(space, synthetic_world(data_cfg) if data_cfg is not None else None,
-                             (data_cfg.cache_dir or None) if data_cfg is not None else None), None
-    except (EmbedderUnavailable, ValueError) as e:
-        return None, f"{space}: {str(e).splitlines()[0]}"
-
-
-def _float_embed(embedder):
-    """Float images (B, 3, H, W) in [0, 1] -> the embedder's outputs (as its uint8 path, without quantising)."""
-    return lambda x: embedder.fn(embedder._prepare(x.float())).float()
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -158,55 +51,6 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def _save(images: torch.Tensor) -> torch.Tensor:
     return plain_resize(images, SAVE_SIZE) if images.shape[-1] > SAVE_SIZE else images
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mindvis-sample", formatter_class=PlainHelpFormatter, description="Reconstruct images from fMRI with a MindEye1 / "
-                                "MindEye2 model (a folder with mindeye.json, or an align run holding one) and its "
-                                "image generator; writes samples.npz for mindvis-eval --suite nsd --protocol.")
-    p.add_argument("--model", required=True, help="MindEye model folder (mindeye.json) or an align run with one")
-    p.add_argument("--generator", required=True, metavar="DIR",
-                   help="the image generator: MindEye1 = a Versatile Diffusion snapshot (image_unet/, vae/, "
-                        "scheduler/); MindEye2 = an unCLIP folder (mindvis-convert from-unclip); the synthetic "
-                        "world: a mindvis-train-prior --condition embedding folder (a stand-in)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--split", choices=["test"], default="test", help="the run's test split (its config.yaml)")
-    src.add_argument("--data-path", metavar="DIR", help="a prepared NSD subject (mindvis-prep nsd): its test split")
-    src.add_argument("--fmri", metavar="FILE", help="fMRI to decode instead (.npy/.npz/.h5, (N, voxels)): no ground "
-                                                    "truth")
-    p.add_argument("--lowlevel", metavar="DIR", help="MindEye1: the low-level model (mindvis-train-lowlevel's or a "
-                                                    "converted autoencoder folder); default: the model's own lowlevel/")
-    p.add_argument("--blurry-vae", metavar="DIR", help="the AutoencoderKL that decodes low-level latents (MindEye2: "
-                                                      "sd_image_var_autoenc, mindvis-convert from-sd-autoencoder; "
-                                                      "MindEye1: default the generator's VAE)")
-    p.add_argument("--target", metavar="SPACE", help="the token space for best-of-N and retrieval targets (default: "
-                                                    "the run's; MindEye1 clip-vit-l-14-tokens:SRC, MindEye2 "
-                                                    "openclip-bigg-14-tokens:SRC)")
-    p.add_argument("--num-samples", type=int_at_least(1), help=f"MindEye1: candidates per image (published {ME1_SAMPLES}); "
-                                                   "MindEye2: samples (published 1)")
-    p.add_argument("--steps", type=int_at_least(1), help=f"generator steps (published: MindEye1 {ME1_STEPS} UniPC, MindEye2 "
-                                             f"{ME2_STEPS} Euler)")
-    p.add_argument("--guidance", type=float, help=f"classifier-free guidance (published {ME1_GUIDANCE} / "
-                                                  f"{ME2_GUIDANCE})")
-    p.add_argument("--strength", type=float, default=ME1_STRENGTH,
-                   help="MindEye1 img2img strength from the blurry image (published 0.85; 1 = no img2img)")
-    p.add_argument("--prior-steps", type=int_at_least(1), help="prior sampling steps (default: the prior's, MindEye1 100 "
-                                                   "ancestral, MindEye2 20 DDIM)")
-    p.add_argument("--adapter", type=int_at_least(0), default=0, help="MindEye2: the subject adapter (default 0)")
-    p.add_argument("--refine", metavar="SDXL_DIR", help="MindEye2: refine with SDXL img2img guided by a caption (a "
-                                                       "diffusers SDXL folder); needs --captioner and --git")
-    p.add_argument("--captioner", metavar="FILE", help="MindEye2's bigG -> L converter (mindvis-convert "
-                                                       "from-bigg-to-l)")
-    p.add_argument("--git", metavar="DIR", help="GIT (microsoft/git-large-coco) folder with its processor")
-    p.add_argument("--refine-size", type=int_at_least(8), default=768, help="--refine: the side the unrefined image is resized to "
-                                                               "and refined at (published 768)")
-    p.add_argument("--seed", type=int, help="seed (published 42 for both)")
-    p.add_argument("--limit", type=int_at_least(1), metavar="N", help="decode only the first N test items, N >= 1")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder: new or empty (see --overwrite)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the samples in an existing --out (its images/ folder is swapped once the new one is "
-                        "complete); without it a non-empty --out is refused before anything is sampled")
-    return p
 
 
 def _family_settings(family: str, args, gen) -> dict:
@@ -288,7 +132,7 @@ def run(args) -> int:
     if args.refine:
         if family != "mindeye2" or not (args.captioner and args.git):
             raise DataError("--refine is MindEye2's and needs --captioner FILE and --git DIR")
-        from .mindeye_recon import Captioner, SDXLRefiner
+        from .mindeye_refine import Captioner, SDXLRefiner
 
         refiner, captioner = SDXLRefiner.from_pretrained(args.refine), Captioner.from_pretrained(args.captioner,
                                                                                                   args.git)
@@ -398,26 +242,3 @@ def _pad_to(img: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.fromarray(img).resize((size, size), Image.NEAREST))
-
-
-def dispatch(argv=None) -> int | None:
-    """``mindvis-sample``'s hook: run this module when ``--model`` names a MindEye model, else None."""
-    peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--model")
-    known, _ = peek.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if known.model and is_mindeye_model(known.model):
-        return main(argv)
-    return None
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    from ..config import ConfigError
-    from ..compat.safe_pickle import CheckpointError
-
-    try:
-        return run(args)
-    except (DataError, FileNotFoundError, GeneratorUnavailable, ConfigError, CheckpointError, ValueError) as e:
-        print(f"mindvis-sample: error: {e}", file=sys.stderr)
-        return 2

@@ -157,7 +157,7 @@ def _from_dcldm(args):
 
 
 def main(argv=None) -> int:
-    from .mindeye_sample import dispatch
+    from .mindeye_sample_cli import dispatch
 
     if (rc := dispatch(argv)) is not None:  # a MindEye model: mindvis.pipelines.mindeye_sample
         return rc

@@ -4,8 +4,8 @@ The recording is read in chunks of ``--chunk`` seconds. Image onsets come from t
 default the preparation's: UPPT001 for THINGS-MEG) where it steps to ``--image-trigger`` (the preparation's: 64, the
 release's value at every trial onset; 0: any rising edge), as they arrive, or from an events.tsv (``--events``: its
 exp / test rows). When the last sample of an onset's window (``tmin``..``tmax`` of the decoder's preparation) has
-arrived, the window is processed alone (:func:`mindvis.data.meeg.preprocess_window`, then the preparation's robust
-scaler), decoded, and its decoded embedding ranked against the decoder's test images (the chosen subject's). Per
+arrived, the window is processed alone (:func:`mindvis.data.meeg_signal.preprocess_window`, then the preparation's
+robust scaler), decoded, and its decoded embedding ranked against the decoder's test images (the chosen subject's). Per
 window the command prints and writes the top-5 images, the compute time and the latency from the window's last sample
 to its result; at the end, the real-time factor (compute time / recording time; below 1 = faster than real time).
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mindvis.data.fmri import DataError, error_summary
-from mindvis.data.meeg import preprocess_window, robust_scale, window_bounds
+from mindvis.data.meeg_signal import preprocess_window, robust_scale, window_bounds
 from mindvis.utils.cli import PlainHelpFormatter
 
 IMAGE_TRIALS = ("exp", "test")
@@ -112,7 +112,7 @@ def load_stream_model(run: str | Path):
     from omegaconf import OmegaConf
 
     from mindvis.align.decoders import load_decoder
-    from mindvis.data.meeg import things_meg_folders
+    from mindvis.data.things_meg import things_meg_folders
 
     run = Path(run)
     if not (run / "config.yaml").is_file():

@@ -9,6 +9,9 @@
 * :func:`shrink_*` rebuild sub-modules whose widths the reference hard-codes (not constructor arguments) at
   small widths, with the same classes, after the reference built them; every rebuild is listed in the
   fixture's JSON under ``"overrides"``.
+* :class:`Reference` reads single files and notebook cells of a checkout or bare git directory without extracting
+  it; :func:`definitions` picks named top-level functions/classes from a module's source; :func:`write_fixture`
+  writes a fixture's ``.npz`` and ``.json`` (commit, versions, shapes).
 """
 from __future__ import annotations
 
@@ -258,3 +261,91 @@ def npz_save(path: Path, arrays: dict) -> None:
 
 def file_size(path) -> int:
     return os.path.getsize(path)
+
+
+class Reference:
+    """Read files of a reference checkout (``root/src/...``) or a bare git dir (``HEAD:src/...``)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.bare = not (self.path / "src").is_dir()
+        if self.bare and not (self.path / "HEAD").is_file():
+            raise SystemExit(f"{path}: neither a checkout (src/ folder) nor a bare git dir")
+
+    def commit(self) -> str:
+        if self.bare:
+            return subprocess.check_output(["git", f"--git-dir={self.path}", "rev-parse", "HEAD"], text=True).strip()
+        try:
+            return subprocess.check_output(["git", "-C", str(self.path), "rev-parse", "HEAD"], text=True).strip()
+        except Exception:
+            return "unknown"
+
+    def read(self, rel: str) -> str:
+        if self.bare:
+            return subprocess.check_output(["git", f"--git-dir={self.path}", "show", f"HEAD:{rel}"], text=True)
+        return (self.path / rel).read_text()
+
+    def list(self, prefix: str) -> list[str]:
+        if self.bare:
+            out = subprocess.check_output(["git", f"--git-dir={self.path}", "ls-tree", "-r", "--name-only", "HEAD",
+                                           prefix], text=True)
+            return out.split()
+        return [str(p.relative_to(self.path)) for p in (self.path / prefix).rglob("*") if p.is_file()]
+
+    def extract(self, prefix: str, dest: Path, suffixes=(".py", ".yaml", ".json")) -> Path:
+        """Write the files under ``prefix`` with the given suffixes to ``dest`` (same relative paths)."""
+        for rel in self.list(prefix):
+            if rel.endswith(suffixes):
+                out = dest / rel
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(self.read(rel))
+        return dest
+
+    def notebook_cells(self, rel: str) -> list[str]:
+        """Source of each code cell of a notebook."""
+        nb = json.loads(self.read(rel))
+        return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def definitions(source: str, names: list[str]) -> str:
+    """The source of the top-level functions/classes ``names`` of a module (in file order)."""
+    tree = ast.parse(source)
+    found = {n.name: ast.get_source_segment(source, n) for n in tree.body
+             if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in names}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise SystemExit(f"the reference no longer defines {missing}")
+    return "\n\n".join(found[n] for n in names)
+
+
+def write_fixture(out_dir: Path, name: str, arrays: dict, meta: dict, ref: Reference) -> None:
+    """``out_dir/name.npz`` (compressed arrays) and ``out_dir/name.json`` (meta, the reference's commit, versions and
+    every array's shape)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out_dir / f"{name}.npz", **arrays)
+    meta = dict(meta, reference_commit=ref.commit(), torch=torch.__version__, numpy=np.__version__,
+                keys={k: list(v.shape) for k, v in arrays.items()})
+    (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {out_dir / name}.npz ({len(arrays)} arrays) and .json")
+
+
+class CpuAccelerator:
+    """What the reference's cells use of ``accelerate.Accelerator``, on CPU."""
+
+    def __init__(self):
+        from accelerate import Accelerator
+        self.acc = Accelerator(cpu=True)
+        self.num_processes = 1
+        self.is_main_process = True
+
+    def prepare(self, *objs):
+        return self.acc.prepare(*objs)
+
+    def unwrap_model(self, m):
+        return self.acc.unwrap_model(m)
+
+    def backward(self, loss):
+        self.acc.backward(loss)
+
+    def print(self, *a, **k):
+        pass

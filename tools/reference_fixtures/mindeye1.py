@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DenoiserLog, MaskLog, RandomLog, extract_reference, file_size, find_cell, notebook_code_cells,  # noqa: E402
+from common import (CpuAccelerator, DenoiserLog, MaskLog, RandomLog, extract_reference, file_size, find_cell, notebook_code_cells,  # noqa: E402
                     npz_save, select_statements, shrink_sequential, state_shapes, stub_module, versions,
                     write_json)
 
@@ -68,28 +68,6 @@ def patched_models_source(src: str) -> str:
     if n != 2:
         raise SystemExit(f"expected 2 reshapes with a literal 768 in models.py, found {n}")
     return out
-
-
-class CpuAccelerator:
-    """What the reference's cells use of ``accelerate.Accelerator``, on CPU."""
-
-    def __init__(self):
-        from accelerate import Accelerator
-        self.acc = Accelerator(cpu=True)
-        self.num_processes = 1
-        self.is_main_process = True
-
-    def prepare(self, *objs):
-        return self.acc.prepare(*objs)
-
-    def unwrap_model(self, m):
-        return self.acc.unwrap_model(m)
-
-    def backward(self, loss):
-        self.acc.backward(loss)
-
-    def print(self, *a, **k):
-        pass
 
 
 def cls_normed_tokens(gen, b, t, d):

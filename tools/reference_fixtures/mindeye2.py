@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DenoiserLog, MaskLog, RandomLog, extract_reference, file_size, find_cell, notebook_code_cells,  # noqa: E402
+from common import (CpuAccelerator, DenoiserLog, MaskLog, RandomLog, extract_reference, file_size, find_cell, notebook_code_cells,  # noqa: E402
                     npz_save, shrink_sequential, state_shapes, stub_module, versions, write_json)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,26 +55,6 @@ def load_module(name: str, path: Path):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
-
-
-class CpuAccelerator:
-    def __init__(self):
-        from accelerate import Accelerator
-        self.acc = Accelerator(cpu=True)
-        self.num_processes = 1
-        self.is_main_process = True
-
-    def prepare(self, *objs):
-        return self.acc.prepare(*objs)
-
-    def unwrap_model(self, m):
-        return self.acc.unwrap_model(m)
-
-    def backward(self, loss):
-        self.acc.backward(loss)
-
-    def print(self, *a, **k):
-        pass
 
 
 def shrink_blurry(backbone, S, overrides):

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _reference import Reference, definitions  # noqa: E402
+from common import Reference, definitions  # noqa: E402
 
 def reseed_parameters(module: torch.nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import sys
 import types
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _reference import Reference, definitions  # noqa: E402
+from common import Reference, definitions, write_fixture  # noqa: E402
 
 
 def _stmts(source: str, pred) -> list[ast.stmt]:
@@ -177,7 +176,7 @@ def mindeye1(ref: Reference, out_dir: Path) -> None:
     groups = ns["opt_grouped_parameters"]
     meta["param_groups"] = {"names": group_names({"net": prior.net, "voxel2clip": v2c}, groups),
                             "weight_decay": [g["weight_decay"] for g in groups]}
-    write(out_dir, "mindeye1", out, meta, ref)
+    write_fixture(out_dir, "mindeye1", out, meta, ref)
 
 
 def mindeye2(ref: Reference, out_dir: Path) -> None:
@@ -277,16 +276,7 @@ def mindeye2(ref: Reference, out_dir: Path) -> None:
     meta["param_groups"] = {"names": group_names({"ridge": model.ridge, "backbone": model.backbone,
                                                   "prior": model.diffusion_prior}, groups),
                             "weight_decay": [g["weight_decay"] for g in groups]}
-    write(out_dir, "mindeye2", out, meta, ref)
-
-
-def write(out_dir: Path, name: str, arrays: dict, meta: dict, ref: Reference) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out_dir / f"{name}.npz", **arrays)
-    meta = dict(meta, reference_commit=ref.commit(), torch=torch.__version__, numpy=np.__version__,
-                keys={k: list(v.shape) for k, v in arrays.items()})
-    (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {out_dir / name}.npz ({len(arrays)} arrays) and .json")
+    write_fixture(out_dir, "mindeye2", out, meta, ref)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _reference import Reference, definitions  # noqa: E402
+from common import Reference, definitions, write_fixture  # noqa: E402
 
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
@@ -103,7 +103,7 @@ def mindeye1(ref: Reference, out_dir: Path) -> None:
             out[f"tokens/{name}"] = clipper.embed_image(to_float(imgs)).float().numpy()
     meta = {"requested_model": requested, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "transformers": transformers.__version__, "config": cfg.to_diff_dict()}
-    write(out_dir, "mindeye1", out, meta, ref)
+    write_fixture(out_dir, "mindeye1", out, meta, ref)
 
 
 def mindeye2(ref: Reference, out_dir: Path) -> None:
@@ -145,16 +145,7 @@ def mindeye2(ref: Reference, out_dir: Path) -> None:
                 out[f"tokens/{name}"] = embedder(to_float(imgs)).float().numpy()
     meta = {"torch": torch.__version__, "open_clip": open_clip.version.__version__, "kornia": kornia.__version__,
             "model_cfg": model_cfg, "arch_name": arch}
-    write(out_dir, "mindeye2", out, meta, ref)
-
-
-def write(out_dir: Path, name: str, arrays: dict, meta: dict, ref: Reference) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out_dir / f"{name}.npz", **arrays)
-    meta = dict(meta, reference_commit=ref.commit(), numpy=np.__version__,
-                keys={k: list(v.shape) for k, v in arrays.items()})
-    (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {out_dir / name}.npz ({len(arrays)} arrays) and .json")
+    write_fixture(out_dir, "mindeye2", out, meta, ref)
 
 
 def main() -> None:

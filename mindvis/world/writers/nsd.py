@@ -68,7 +68,8 @@ def write(world, root: str | os.PathLike) -> Path:
             sub = f"subj{s + 1:02d}"
             rng = np.random.default_rng([c.seed, 9, s])
             brain = world.task_brain(TASK_AREAS, c.nsd_voxels, 200 + s, feats, cats)
-            # nsdgeneral: a block at the back of the volume (C order of the betas' axes); -1 outside the brain
+            # nsdgeneral: a block at the back of the volume (C order of the betas' axes); 1 in the ROI, 0 cortical
+            # outside it, -1 not a cortical voxel
             roi = np.full(shape, -1, np.int16)
             flat = roi.reshape(-1)
             inside = np.arange(flat.size // 10, flat.size)
