@@ -25,10 +25,12 @@ import numpy as np
 import torch
 from timing import device_label
 
-SYNTH_SETTINGS = ["teacher:plms:250:fp32", "teacher:unipc:8:auto", "student:lcm:1:auto", "student:lcm:2:auto",
-                  "student:lcm:4:auto", "student:lcm:2:fp32"]
-PAPER_SETTINGS = ["teacher:plms:250:fp32", "teacher:unipc:8:auto", "student:lcm:1:auto", "student:lcm:2:auto",
-                  "student:lcm:4:auto", "student:lcm:2:fp32", "student:lcm:2:bf16"]
+# student:lcm:4:auto is mindvis-sample's default for a student; plain: the teacher's own UNet sampled with LCM (no
+# distillation), a reference for what distillation adds
+SYNTH_SETTINGS = ["teacher:plms:250:fp32", "teacher:unipc:8:auto", "student:lcm:4:auto", "student:lcm:4:fp32",
+                  "student:lcm:2:auto", "student:lcm:1:auto", "plain:lcm:2:auto"]
+PAPER_SETTINGS = ["teacher:plms:250:fp32", "teacher:unipc:8:auto", "student:lcm:4:auto", "student:lcm:4:fp32",
+                  "student:lcm:4:bf16", "student:lcm:2:auto", "student:lcm:1:auto"]
 STAGES = ("condition", "unet", "decode")
 
 
@@ -89,11 +91,15 @@ def synthetic(args) -> None:
     from mindvis.world import SyntheticWorldConfig
     from mindvis.evaluation import evaluate
     from mindvis.evaluation.classifiers import load_classifier
+    from mindvis.models.dc_ldm import DCLDM
     from mindvis.pipelines import MindVisPipeline
     from mindvis.pipelines.sample_cli import _truth_images, resolve_model_dir, split_from_run
 
     dirs = {"teacher": resolve_model_dir(args.teacher), "student": resolve_model_dir(args.student)}
     pipes = {k: MindVisPipeline.from_pretrained(d, args.device) for k, d in dirs.items()}
+    m = pipes["teacher"].model
+    pipes["plain"] = MindVisPipeline(DCLDM(m.unet, m.vae, m.conditioner, m.scheduler_config,
+                                           {"original_inference_steps": 50}))
     split, world = split_from_run(dirs["teacher"], args.split)
     truth = torch.from_numpy(_truth_images(split, pipes["teacher"].model.image_size)).permute(0, 3, 1, 2).float() / 255
     classifier = load_classifier("synthetic", world_cfg=SyntheticWorldConfig(**world), image_size=truth.shape[-1])
@@ -131,7 +137,8 @@ def synthetic(args) -> None:
             "process)", "",
             f"Teacher: {dirs['teacher']}. Student: {dirs['student']}. Mean over seeds {args.seeds} of the starting noise "
             "± std over seeds. Chance: 50-way 2 %, identification 0.5. Stage columns: seconds per image spent in "
-            "conditioning / UNet steps / decoding; auto: the type each stage got from the measured probe.", "",
+            "conditioning / UNet steps / decoding; auto: the type each stage got from the measured probe. Model plain: the "
+            "teacher's own UNet sampled with LCM (no distillation), for reference.", "",
             "| model | scheduler | steps | precision | s / image | speed-up | condition / UNet / decode s | "
             "50-way top-1 | PCC identification |", "|---|---|---|---|---|---|---|---|---|"]
     tail = ["", "bf16 against fp32, each stage alone on the same inputs (student):", "", "| stage | error |", "|---|---|",
@@ -195,8 +202,9 @@ def main() -> None:
     p.add_argument("--teacher", help="a mindvis-finetune run on the synthetic world (uses best/)")
     p.add_argument("--student", help="a mindvis-distill run of that teacher (uses best/)")
     p.add_argument("--split", default="test", choices=["val", "test", "test-trials"])
-    p.add_argument("--settings", nargs="+", default=None, help="model:scheduler:steps:precision ... (model: teacher "
-                                                               "or student); the first is the speed-up's base")
+    p.add_argument("--settings", nargs="+", default=None, help="model:scheduler:steps:precision ... (model: teacher, "
+                                                               "student or plain: the teacher's UNet sampled with "
+                                                               "LCM); the first is the speed-up's base")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--num-samples", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=None, help="images denoised at once, the same for every setting "

@@ -47,6 +47,11 @@ def main() -> None:
     p.add_argument("--runs", default="runs/distill-select", help="parent folder of the distillation runs")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0])
     p.add_argument("--solver-steps", type=int, nargs="+", default=[25, 50])
+    p.add_argument("--settings", nargs="+", default=None, metavar="W:N",
+                   help="explicit (guidance, solver steps) pairs instead of --guidance x --solver-steps")
+    p.add_argument("--undistilled", type=int, default=0, metavar="N",
+                   help="also score the teacher's own UNet sampled with LCM (solver steps N) at --steps: what "
+                        "distillation adds; a reference row, never a candidate")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4], help="student steps scored")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--num-samples", type=int, default=5)
@@ -64,8 +69,21 @@ def main() -> None:
     kw = dict(seeds=args.seeds, num_samples=args.num_samples, batch_size=args.batch_size)
     base = score(teacher, fmri, truth, classifier, "plms", 250, **kw)
     print(f"teacher PLMS 250: {base}", flush=True)
-    rows, results = [], {"teacher_plms250": base, "students": {}}
-    for w, n in itertools.product(args.guidance, args.solver_steps):
+    rows, results = [], {"teacher_plms250": base, "students": {}, "undistilled": {}}
+    if args.undistilled:
+        from mindvis.models.dc_ldm import DCLDM
+
+        m = teacher.model
+        plain = MindVisPipeline(DCLDM(m.unet, m.vae, m.conditioner, m.scheduler_config,
+                                      {"original_inference_steps": args.undistilled}))
+        for k in args.steps:
+            r = score(plain, fmri, truth, classifier, "lcm", k, **kw)
+            ok = all(r[m][0] >= base[m][0] - base[m][1] for m in ("nway", "pcc_id"))
+            results["undistilled"][str(k)] = {**r, "equal_quality": ok}
+            print(f"undistilled {k}: {r}", flush=True)
+    settings = ([tuple(float(x) if i == 0 else int(x) for i, x in enumerate(s.split(":"))) for s in args.settings]
+                if args.settings else list(itertools.product(args.guidance, args.solver_steps)))
+    for w, n in settings:
         name = f"w{w:g}-n{n}"
         run = Path(args.runs) / name
         if not (run / "summary.json").is_file():
@@ -94,6 +112,12 @@ def main() -> None:
              "sampled with LCM in fp32. Equal quality: both metrics at least the teacher's mean minus its spread.", "",
              "| guidance w | solver steps N | epoch | student steps | 50-way top-1 | PCC identification | equal quality |",
              "|---|---|---|---|---|---|---|", *[r[2] for r in rows], "",
+             *([f"Reference, not a candidate: the teacher's own UNet (no distillation) sampled with LCM "
+                f"(solver steps {args.undistilled}):", "",
+                "| student steps | 50-way top-1 | PCC identification | equal quality |", "|---|---|---|---|",
+                *[f"| {k} | {100 * r['nway'][0]:.1f} ± {100 * r['nway'][1]:.1f} % | {r['pcc_id'][0]:.3f} ± "
+                  f"{r['pcc_id'][1]:.3f} | {'yes' if r['equal_quality'] else 'no'} |"
+                  for k, r in results["undistilled"].items()], ""] if args.undistilled else []),
              (f"Choice: {choice[4]} at {choice[0]} steps." if choice else "No setting reached the teacher's quality.")]
     Path(args.out).write_text("\n".join(lines) + "\n")
     Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1))

@@ -5,9 +5,11 @@ import json
 import pytest
 import torch
 
-from mindvis.config import ConfigError, build_config, save_config
+from mindvis.config import ConfigError, build_config, save_config, to_plain
 from mindvis.configs import preset_path
 from mindvis.finetune import distill as D
+from mindvis.finetune.distill_data import Run
+from mindvis.finetune.distill_lcd import SkippingStepSolver, boundary_scalings, consistency_loss, predicted_x0
 from mindvis.finetune import engine
 from mindvis.finetune.config import DistillConfig, FinetuneConfig
 from mindvis.models.dc_ldm import DCLDM
@@ -15,8 +17,8 @@ from mindvis.pipelines import MindVisPipeline
 
 from .test_finetune import make_cfg
 
-#: a short distillation of the tiny teacher: 10 solver steps, no validation grid until the end
-TINY_DISTILL = ["distill.solver_steps=10", "train.batch_size=4", "train.lr=1e-3", "train.grid_samples=2",
+#: a short distillation of the tiny teacher: 10 solver steps without guidance, no validation grid until the end
+TINY_DISTILL = ["distill.solver_steps=10", "distill.guidance=1", "train.batch_size=4", "train.lr=1e-3", "train.grid_samples=2",
                 "train.num_samples=1", "train.sample_steps=2", "train.val_every=100", "train.checkpoint_every=2",
                 "train.select_metric=last"]
 
@@ -60,13 +62,13 @@ def teacher(cache_dir, tiny_world, tmp_path_factory):
 
 
 def dcfg(teacher, out, *extra):
-    defaults = {"data": D.to_plain(build_config(FinetuneConfig, teacher / "config.yaml").data)}
+    defaults = {"data": to_plain(build_config(FinetuneConfig, teacher / "config.yaml").data)}
     return build_config(DistillConfig, preset_path("distill", "synthetic"),
                         [f"teacher={teacher}", f"output_dir={out}", *TINY_DISTILL, *extra], defaults=defaults)
 
 
 @torch.no_grad()
-def _chain(run: D.Run, clean, latents, steps: int, cond):
+def _chain(run: Run, clean, latents, steps: int, cond):
     """LCM's multistep sampling with ``clean(x, t, index)`` as the map to a clean latent, the same noise between steps
     for every map (one generator per sample)."""
     from mindvis.pipelines.mindvis_pipeline import make_scheduler, sample_generators
@@ -87,7 +89,7 @@ def _chain(run: D.Run, clean, latents, steps: int, cond):
     return x
 
 
-def _distances(run: D.Run, unets: dict, n: int = 8) -> dict:
+def _distances(run: Run, unets: dict, n: int = 8) -> dict:
     """Mean squared distance (scaled latents) of 1-, 2- and 4-step consistency sampling with each UNet to the same
     chain run with the teacher's many-step ODE solution (its DDIM over the remaining solver steps) at every step."""
     fmri = torch.from_numpy(run.train_ds.split.fmri[:n]).float()[:, None]
@@ -99,14 +101,14 @@ def _distances(run: D.Run, unets: dict, n: int = 8) -> dict:
         for j in reversed(range(index + 1)):
             tj = run.lcd.solver.timesteps[j].repeat(len(x))
             eps = run.teacher.eps(run.teacher.unet, x, tj, cond)
-            x = run.lcd.solver.ddim_step(D.predicted_x0(eps, x, tj, ac), eps, torch.full((len(x),), j))
+            x = run.lcd.solver.ddim_step(predicted_x0(eps, x, tj, ac), eps, torch.full((len(x),), j))
         return x
 
     def student(unet):
         def clean(x, t, index):
             tt = t.repeat(len(x))
-            c_skip, c_out = (v.view(-1, 1, 1, 1) for v in D.boundary_scalings(tt))
-            return c_skip * x + c_out * D.predicted_x0(run.teacher.eps(unet, x, tt, cond), x, tt, ac)
+            c_skip, c_out = (v.view(-1, 1, 1, 1) for v in boundary_scalings(tt))
+            return c_skip * x + c_out * predicted_x0(run.teacher.eps(unet, x, tt, cond), x, tt, ac)
         return clean
 
     out = {}
@@ -127,7 +129,7 @@ def distilled(teacher, tmp_path_factory):
 
 
 def test_student_approaches_the_teachers_samples(teacher, distilled):
-    run = D.Run(dcfg(teacher, distilled.parent))
+    run = Run(dcfg(teacher, distilled.parent))
     student = DCLDM.from_pretrained(distilled / "best").unet.eval()
     dist = _distances(run, {"undistilled": run.teacher.unet, "student": student})
     for steps, d in dist.items():
@@ -220,10 +222,10 @@ def test_bad_settings_are_one_line_errors(teacher, tmp_path, capsys):
 
 
 def test_consistency_pieces():
-    c_skip, c_out = D.boundary_scalings(torch.tensor([0, 999]))
+    c_skip, c_out = boundary_scalings(torch.tensor([0, 999]))
     assert c_skip[0] == 1 and c_out[0] == 0 and c_skip[1] < 1e-6 and c_out[1] == pytest.approx(1, abs=1e-6)
     ac = torch.linspace(0.999, 0.01, 1000)
-    s = D.SkippingStepSolver(ac, 50)
+    s = SkippingStepSolver(ac, 50)
     assert s.k == 20 and s.timesteps[0] == 19 and s.timesteps[-1] == 999
     assert s.prev_alphas_cumprod[0] == ac[0] and s.prev_alphas_cumprod[1] == ac[19]
     x0, eps = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
@@ -233,7 +235,7 @@ def test_consistency_pieces():
     a = ac[s.timesteps[idx - 1].clamp(min=0)]
     a[0] = ac[0]
     assert torch.allclose(out, a.sqrt().view(-1, 1, 1, 1) * x0 + (1 - a).sqrt().view(-1, 1, 1, 1) * eps)
-    assert D.consistency_loss(x0, x0, "huber", 1e-3) == 0 and D.consistency_loss(x0, x0 + 1, "l2", 1e-3) == 1
+    assert consistency_loss(x0, x0, "huber", 1e-3) == 0 and consistency_loss(x0, x0 + 1, "l2", 1e-3) == 1
 
 
 def test_the_embedding_generator_distils_with_the_same_code(tiny_world, cache_dir, tmp_path):
@@ -248,11 +250,11 @@ def test_the_embedding_generator_distils_with_the_same_code(tiny_world, cache_di
                                   context_dim=32, vq_epochs=1, ldm_epochs=1, batch_size=8, condition="embedding",
                                   target="synthetic", synthetic=SyntheticWorldConfig(**TINY_WORLD)), tmp_path / "gen")
     assert D.main(["--teacher", str(gen), "--out", str(tmp_path), "--run-name", "s", f"data.cache_dir={cache_dir}",
-                   "distill.guidance=1.5", *TINY_DISTILL, "train.epochs=1"]) == 0
+                   *TINY_DISTILL, "distill.guidance=1.5", "train.epochs=1"]) == 0
     summary = _summary(tmp_path / "s")
     assert summary["kind"] == "generator" and summary["guidance"] == 1.5
     student = EmbeddingToImagePipeline.from_pretrained(tmp_path / "s" / "best")
     assert student.sampler_config["original_inference_steps"] == 10 and student.sampler_config["uncond"] == "null_token"
     emb = torch.randn(3, student.conditioner.config.embed_dim, generator=torch.Generator().manual_seed(0))
     a = student(emb, num_samples=2, seed=1)  # LCM at the default steps
-    assert a.shape == (3, 2, 3, 16, 16) and torch.equal(a, student(emb, num_samples=2, seed=1, num_inference_steps=2))
+    assert a.shape == (3, 2, 3, 16, 16) and torch.equal(a, student(emb, num_samples=2, seed=1, num_inference_steps=4))

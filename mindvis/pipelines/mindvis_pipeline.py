@@ -21,8 +21,9 @@ __all__ = ["SCHEDULERS", "PRECISIONS", "STAGES", "MindVisPipeline", "make_schedu
 SCHEDULERS = ("plms", "ddim", "dpm++", "dpm++karras", "unipc", "lcm")
 #: the default of a model that was not distilled, chosen on validation (bench/results/samplers_val*.md)
 DEFAULT_SCHEDULER, DEFAULT_STEPS = "unipc", 8
-#: the default of a distilled student (mindvis-distill), chosen on validation (bench/results/distill_val*.md)
-DEFAULT_LCM_STEPS = 2
+#: the default of a distilled student (mindvis-distill), chosen on validation (bench/results/distill_val.md): the
+#: fewest LCM steps at which a student keeps the quality of the teacher's PLMS 250
+DEFAULT_LCM_STEPS = 4
 
 
 def make_scheduler(name: str, train_config: dict, sampler_config: dict | None = None):
