@@ -45,5 +45,6 @@ def test_demo_chain_writes_every_artifact_and_they_reload(cache_dir, tiny_prior,
     with np.load(out / "samples" / "samples.npz") as z:
         assert z["samples"].shape[:2] == (4, 2)
     report = (out / "REPORT.md").read_text()
-    claims_listed = [line.split(" ", 2)[:2] for line in report.splitlines() if line[:1].isdigit()]
+    claims = report.split("## Claims", 1)[1].split("## Evaluation", 1)[0]
+    claims_listed = [line.split(" ", 2)[:2] for line in claims.splitlines() if line.strip()]
     assert claims_listed == [["1.", "Decoding"], ["2.", "Pretraining"], ["3.", "Masked"]]  # numbered as listed
