@@ -179,6 +179,9 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     for recipe in RECIPES:
         f, s = m[(recipe, "forward")], m[(recipe, "step")]
+        if "network" not in f:
+            lines.append(f"| {recipe} | the forward pass failed ({f}) | | | | |")
+            continue
         total = f["network"] + f["prior"]
         step = (f"{s['seconds']:.0f} s, {s['peak_rss_GiB']:.1f} GiB peak ({s['dtype']} weights, batch {s['batch']}, "
                 f"SGD)" if "seconds" in s else f"did not fit ({s})")
@@ -196,6 +199,11 @@ def main() -> None:
     gpu_rows = {}
     for recipe, r in RECIPES.items():
         f = m[(recipe, "forward")]
+        measured = [m[("mindeye2-new-subject" if recipe == "mindeye2-multi" else recipe, f"activations-{k}")]
+                    for k in ("fp32", "bf16")]
+        if "network" not in f or any("1" not in a for a in measured):
+            lines.append(f"| {recipe} | {r['batch']} | not computed: a measurement failed | | | | | | |")
+            continue
         n = f["network"] + f["prior"]
         act = {}
         for kind in ("fp32", "bf16"):
@@ -218,6 +226,9 @@ def main() -> None:
     for recipe in ("mindeye1", "mindeye2-new-subject"):
         for kind in ("fp32", "bf16"):
             a = m[(recipe, f"activations-{kind}")]
+            if "1" not in a:
+                lines.append(f"- {recipe} {kind}: failed ({a})")
+                continue
             lines.append(f"- {recipe} {kind}: batch 1 {int(a['1']) / GiB:.3f} GiB, batch 2 {int(a['2']) / GiB:.3f} GiB")
     Path(args.out).write_text("\n".join(lines) + "\n")
     Path(args.out).with_suffix(".json").write_text(json.dumps(
