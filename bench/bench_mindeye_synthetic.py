@@ -161,6 +161,7 @@ def main() -> None:
     p.add_argument("--work", default="runs/bench_mindeye", help="world, prepared subjects and run folders")
     p.add_argument("--out", default="bench/results/mindeye_synthetic.md")
     p.add_argument("--only", nargs="*", help="run only these arms (names as in the table)")
+    p.add_argument("--note", default="", help="a sentence appended to the table's notes")
     p.add_argument("--collect-only", action="store_true",
                    help="run nothing: the table from the finished runs of --seeds (an arm lists the seeds it has)")
     args = p.parse_args()
@@ -240,11 +241,13 @@ def main() -> None:
                   "machine; CPU seconds: the process's user + system time for the same work (with one torch thread, "
                   "about the wall time a quiet machine needs with one core). The world, its classifier and the "
                   "targets are made once before (first use only). mindeye2 fine-tuned / adapter only: the "
-                  "multi-subject run (shared by both) and the fine-tuning run together."]
+                  "multi-subject run (shared by both) and the fine-tuning run together."
+              + (f" {args.note}" if args.note else "")]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).with_suffix(".json").write_text(json.dumps(
         {"world": WORLD, "seeds": args.seeds, "device": device_label("cpu"), "omp_num_threads": threads,
-         "load_average": [min(loads), max(loads)] if loads else None, "rows": rows}, indent=1) + "\n")
+         "load_average": [min(loads), max(loads)] if loads else None, "note": args.note, "rows": rows},
+        indent=1) + "\n")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
