@@ -107,7 +107,9 @@ def write_table(runs: list[dict], md: Path, note: str = "") -> None:
         lines.append(f"| {fam[f]} | {label} | " + " | ".join(cells) + " |")
     skipped = {k: why for r in runs for f in fam for k, why in r[f].get("skipped", {}).items()}
     if skipped:
-        lines += ["", "Not scored here: " + "; ".join(f"{k} ({why})" for k, why in sorted(skipped.items())) + "."]
+        lines += ["", "Not scored here (their networks' weights are not on this machine and nothing is downloaded; "
+                      "`mindvis-eval --nsd-weights` takes them): " + "; ".join(
+                          f"{k} ({why.split(' (')[0]})" for k, why in sorted(skipped.items())) + "."]
     t = {f: {k: [r[f].get(k) for r in runs] for k in ("train_seconds", "sample_seconds", "eval_seconds")}
          for f in fam}
     join = lambda xs: ", ".join(str(x) for x in xs)  # noqa: E731
