@@ -159,27 +159,36 @@ def main() -> None:
 
     from timing import device_label
 
-    m = {}
+    m, loads = {}, []
     for recipe in RECIPES:
         # activations per sample do not depend on the number of adapters: MindEye2's are measured on one subject
         whats = ("forward", "step") if recipe == "mindeye2-multi" else ("forward", "activations-fp32",
                                                                          "activations-bf16", "step")
         for what in whats:
+            loads.append(os.getloadavg()[0])
             m[(recipe, what)] = run_child(f"{recipe}:{what}")
+            loads.append(os.getloadavg()[0])
             print(recipe, what, m[(recipe, what)], f"(load {os.getloadavg()[0]:.1f})", flush=True)
-    lines = [f"# MindEye1 and MindEye2 at full size ({device_label('cpu')}, torch {torch.__version__}, "
-             f"load average {os.getloadavg()[0]:.1f} at the end)", "",
-             "## Parameters and what runs on this CPU (24 GiB)", "",
+    threads = os.environ.get("OMP_NUM_THREADS")
+    lines = [f"**MindEye1 and MindEye2 at full size** ({device_label('cpu')}"
+             + (f", OMP_NUM_THREADS={threads}" if threads else "") + f", torch {torch.__version__}, 24 GiB RAM "
+             f"shared with other jobs, load average {min(loads):.1f}-{max(loads):.1f} during the runs; each "
+             "measurement once, in its own process)", "",
+             "*Parameters and what runs on this CPU (24 GiB)*", "",
              "| recipe | network | prior | trainable total | forward, batch 1, fp32 | training step |",
              "|---|---|---|---|---|---|"]
     for recipe in RECIPES:
         f, s = m[(recipe, "forward")], m[(recipe, "step")]
+        if "network" not in f:
+            lines.append(f"| {recipe} | the forward pass failed ({f}) | | | | |")
+            continue
         total = f["network"] + f["prior"]
         step = (f"{s['seconds']:.0f} s, {s['peak_rss_GiB']:.1f} GiB peak ({s['dtype']} weights, batch {s['batch']}, "
                 f"SGD)" if "seconds" in s else f"did not fit ({s})")
         lines.append(f"| {recipe} | {f['network']:,} | {f['prior']:,} | {total:,} | {f['seconds']:.0f} s, "
                      f"{f['peak_rss_GiB']:.1f} GiB peak | {step} |")
-    lines += ["", "## Training memory a GPU needs at the reference batch sizes", "",
+    lines += ["", "*Training memory a GPU needs at the reference batch sizes (computed from the counts and the "
+              "measured activations above; not measured on a GPU)*", "",
               "Weights + gradients + AdamW moments per trainable parameter, plus the activations autograd keeps "
               "(measured at batch 1 and 2, extrapolated linearly). Mixed precision = the references' fp16/bf16 "
               "autocast with fp32 weights (activations at half precision, plus autocast's half-precision copy of "
@@ -187,8 +196,14 @@ def main() -> None:
               "and moments in bf16 (a lower bound). Add 1-3 GiB for the CUDA context and allocator.", "",
               "| recipe | batch | weights + grads + AdamW, fp32 | activations fp32 | total fp32 | activations half | "
               "total mixed precision | total pure bf16 | GPU (mixed precision) |", "|---|---|---|---|---|---|---|---|---|"]
+    gpu_rows = {}
     for recipe, r in RECIPES.items():
         f = m[(recipe, "forward")]
+        measured = [m[("mindeye2-new-subject" if recipe == "mindeye2-multi" else recipe, f"activations-{k}")]
+                    for k in ("fp32", "bf16")]
+        if "network" not in f or any("1" not in a for a in measured):
+            lines.append(f"| {recipe} | {r['batch']} | not computed: a measurement failed | | | | | | |")
+            continue
         n = f["network"] + f["prior"]
         act = {}
         for kind in ("fp32", "bf16"):
@@ -200,6 +215,10 @@ def main() -> None:
         gpu = next((g for g, cap in (("24 GB (RTX 4090)", 22), ("40 GB (A100 40GB)", 38), ("48 GB (A6000/L40S)", 46),
                                      ("80 GB (A100/H100 80GB)", 78), ("141 GB (H200)", 139)) if mixed + 2 <= cap),
                    "more than one GPU (sharded optimizer states, e.g. DeepSpeed ZeRO-2 as MindEye2's README uses)")
+        gpu_rows[recipe] = {"batch": r["batch"], "trainable": n, "state_fp32_GiB": state32,
+                            "activations_fp32_GiB": act["fp32"], "activations_half_GiB": act["bf16"],
+                            "total_fp32_GiB": state32 + act["fp32"], "total_mixed_GiB": mixed,
+                            "total_pure_bf16_GiB": state16 + act["bf16"], "gpu": gpu}
         lines.append(f"| {recipe} | {r['batch']} | {state32:.1f} GiB | {act['fp32']:.1f} GiB | "
                      f"{state32 + act['fp32']:.1f} GiB | {act['bf16']:.1f} GiB | {mixed:.1f} GiB | "
                      f"{state16 + act['bf16']:.1f} GiB | {gpu} |")
@@ -207,8 +226,15 @@ def main() -> None:
     for recipe in ("mindeye1", "mindeye2-new-subject"):
         for kind in ("fp32", "bf16"):
             a = m[(recipe, f"activations-{kind}")]
+            if "1" not in a:
+                lines.append(f"- {recipe} {kind}: failed ({a})")
+                continue
             lines.append(f"- {recipe} {kind}: batch 1 {int(a['1']) / GiB:.3f} GiB, batch 2 {int(a['2']) / GiB:.3f} GiB")
     Path(args.out).write_text("\n".join(lines) + "\n")
+    Path(args.out).with_suffix(".json").write_text(json.dumps(
+        {"device": device_label("cpu"), "omp_num_threads": threads, "torch": torch.__version__, "load_average": loads,
+         "recipes": RECIPES, "measurements": {f"{r}:{w}": v for (r, w), v in m.items()}, "gpu_table": gpu_rows},
+        indent=1) + "\n")
     print("\n".join(lines))
 
 

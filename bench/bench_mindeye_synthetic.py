@@ -161,8 +161,10 @@ def main() -> None:
     p.add_argument("--work", default="runs/bench_mindeye", help="world, prepared subjects and run folders")
     p.add_argument("--out", default="bench/results/mindeye_synthetic.md")
     p.add_argument("--only", nargs="*", help="run only these arms (names as in the table)")
+    p.add_argument("--note", default="", help="a sentence appended to the table's notes")
+    p.add_argument("--collect-only", action="store_true",
+                   help="run nothing: the table from the finished runs of --seeds (an arm lists the seeds it has)")
     args = p.parse_args()
-    import torch
 
     work = Path(args.work)
     subjects = prepare(work)
@@ -171,53 +173,81 @@ def main() -> None:
         for arm, target, runs in arms(subjects, seed):
             if args.only and arm not in args.only:
                 continue
+            if args.collect_only and not all((work / "runs" / run_name(arm, target, seed, k) / "retrieval.json")
+                                             .is_file() for k in range(len(runs))):
+                continue
             reports, prev = [], None
             for k, flags in enumerate(runs):
                 flags = [f.replace("{prev}", str(prev)) for f in flags]
                 name = run_name(arm, target, seed, k)
                 reports.append(align_run(work, name, flags))
                 prev = work / "runs" / name
-            final = reports[-1] | {"seconds_total": sum(r["seconds"] for r in reports),
+            final = reports[-1] | {"seed": seed, "seconds_total": sum(r["seconds"] for r in reports),
                                    "cpu_total": sum(r["bench"].get("cpu_s", float("nan")) for r in reports),
                                    "loads": [r["bench"].get("load_before") for r in reports] +
                                             [r["bench"].get("load_after") for r in reports]}
             results.setdefault((arm, target), []).append(final)
             print(f"{arm} ({target}) seed {seed}: top-1 {final['test']['top1_brain_to_image']['value']:.3f}, "
                   f"{final['seconds_total']:.0f} s", flush=True)
-        results.setdefault(("mlp-shared", "synthetic"), []).append(shared_run(work, subjects, seed))
+        shared_done = (work / "runs" / f"mlp-shared-s{seed}" / "retrieval.json").is_file()
+        if (not args.only or "mlp-shared" in args.only) and (shared_done or not args.collect_only):
+            report = shared_run(work, subjects, seed) | {"seed": seed}
+            results.setdefault(("mlp-shared", "synthetic"), []).append(report)
     loads = [x for rs in results.values() for r in rs for x in (r.get("loads") or [r.get("bench", {}).get(
         "load_before"), r.get("bench", {}).get("load_after")]) if x is not None]
-    lines = [f"# MindEye recipes and the earlier decoders on a synthetic NSD ({device_label('cpu')}, torch threads "
-             f"{torch.get_num_threads()})", "",
+    threads = os.environ.get("OMP_NUM_THREADS")
+    lines = [f"**MindEye recipes and the earlier decoders on a synthetic NSD** ({device_label('cpu')}"
+             + (f", OMP_NUM_THREADS={threads}" if threads else "") + ")", "",
              f"Subject 1 of `mindvis-synth --parts nsd {' '.join(WORLD)}`: 1,350 training trials (450 images x 3), "
-             "500 voxels; test: the 50 shared images (3 repetitions each). Seeds "
-             f"{args.seeds}, mean ± std over seeds; test scored once per run. Load average during the runs "
-             f"{min(loads):.1f}-{max(loads):.1f} on 2 cores (times are inflated by it)." if loads else "", "",
-             "| decoder | target | " + " | ".join(label for _, label in METRICS) +
+             "500 voxels; test: the 50 shared images (3 repetitions each). ridge and mlp hold out 10 % of the "
+             "training images for selection (1,215 training trials) and read the voxels zero-padded to 512; "
+             "mlp-shared also trains on subjects 2 and 3; the MindEye recipes train on all 1,350 trials and use the "
+             "last epoch. Seeds "
+             f"{args.seeds} (each row lists the seeds it ran), mean ± std over those seeds (population std; one seed: "
+             "its value), "
+             "chance in parentheses; test scored once per run. "
+             + (f"Load average during the runs {min(loads):.1f}-{max(loads):.1f} on 2 cores shared with other jobs "
+                "(wall times are inflated by it)." if loads else ""), "",
+             "| decoder | target | seeds | " + " | ".join(label for _, label in METRICS) +
              " | prior samples top-1 | selection | seconds per run | CPU seconds per run |",
-             "|---|---|" + "---|" * (len(METRICS) + 4)]
-    chance = None
+             "|---|---|---|" + "---|" * (len(METRICS) + 4)]
+    rows = []
     for (arm, target), reports in results.items():
-        cells = []
+        cells, row = [], {"decoder": arm, "target": target, "seeds": [r.get("seed") for r in reports]}
         for key, _ in METRICS:
             v = np.array([r["test"][key]["value"] for r in reports])
-            cells.append(f"{v.mean():.3f} ± {v.std():.3f}")
-            chance = chance or {k: reports[0]["test"][k]["chance"] for k, _ in METRICS}
-        pr = [r["test_prior"]["top1_brain_to_image"]["value"] for r in reports if "test_prior" in r]
-        cells.append(f"{np.mean(pr):.3f} ± {np.std(pr):.3f}" if pr else "-")
+            ch = reports[0]["test"][key]["chance"]
+            cells.append(f"{v.mean():.3f}" + (f" ± {v.std():.3f}" if len(v) > 1 else "") + f" ({ch:.3f})")
+            row[key] = {"values": v.tolist(), "mean": float(v.mean()), "std": float(v.std()), "chance": ch}
+        pr = [r["test_prior"]["top1_brain_to_image"] for r in reports if "test_prior" in r]
+        if pr:
+            v = np.array([x["value"] for x in pr])
+            cells.append(f"{v.mean():.3f}" + (f" ± {v.std():.3f}" if len(v) > 1 else "") + f" ({pr[0]['chance']:.3f})")
+            row["prior_top1_brain_to_image"] = {"values": v.tolist(), "mean": float(v.mean()), "std": float(v.std()),
+                                                "chance": pr[0]["chance"]}
+        else:
+            cells.append("-")
         sel = reports[0].get("selection", "")
-        cells.append("last epoch" if sel.startswith("the last") else "validation" if "validation" in sel
-                     else "cross-validation" if "cross-validation" in sel else sel)
+        cells.append("last epoch" if sel.startswith("the last") else "cross-validation" if "cross-validation" in sel
+                     else "validation" if "validation" in sel else sel)
         secs = [r.get("seconds_total", r["seconds"]) for r in reports]
         cpu = [r.get("cpu_total", r.get("bench", {}).get("cpu_s", float("nan"))) for r in reports]
         cells += [f"{np.mean(secs):.0f}", f"{np.mean(cpu):.0f}"]
-        lines.append(f"| {arm} | {target} | " + " | ".join(cells) + " |")
-    lines.append("| chance | | " + " | ".join(f"{chance[k]:.3f}" for k, _ in METRICS) + " | 0.020 | | | |")
+        row |= {"selection": sel, "seconds": secs, "cpu_seconds": cpu}
+        rows.append(row)
+        lines.append(f"| {arm} | {target} | {', '.join(str(r.get('seed')) for r in reports)} | "
+                     + " | ".join(cells) + " |")
     lines += ["", "Seconds: each run's own wall time (data reading, cached targets, training, test) on the loaded "
                   "machine; CPU seconds: the process's user + system time for the same work (with one torch thread, "
                   "about the wall time a quiet machine needs with one core). The world, its classifier and the "
-                  "targets are made once before (first use only). mindeye2 fine-tuned: the multi-subject run and "
-                  "the fine-tuning run together."]
+                  "targets are made once before (first use only). mindeye2 fine-tuned / adapter only: the "
+                  "multi-subject run (shared by both) and the fine-tuning run together."
+              + (f" {args.note}" if args.note else "")]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).with_suffix(".json").write_text(json.dumps(
+        {"world": WORLD, "seeds": args.seeds, "device": device_label("cpu"), "omp_num_threads": threads,
+         "load_average": [min(loads), max(loads)] if loads else None, "note": args.note, "rows": rows},
+        indent=1) + "\n")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
