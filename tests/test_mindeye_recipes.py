@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
 
 # --------------------------------------------------------------------------------------------- the presets
 
-#: every setting the recipes' facts sheet lists (/work/notes/mindeye-recipes.md, citations there):
+#: every setting of the reference recipes, as their training code sets it (each preset in configs/align/ cites the lines):
 #: Train_MindEye.py (MindEye1) and Train.ipynb (MindEye2)
 REFERENCE = {
     "mindeye1": {"decoder.name": "mindeye1", "train.epochs": 240, "train.batch_size": 32, "train.lr": 3e-4,
