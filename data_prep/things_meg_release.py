@@ -7,8 +7,8 @@ import csv
 import re
 from pathlib import Path
 
-import numpy as np
 
+from mindvis.data.events_tsv import finite_number, read_events_tsv
 from mindvis.data.fmri import DataError, error_summary
 from mindvis.data.meeg import concept_of
 
@@ -36,32 +36,13 @@ def run_stem(run: Path) -> str:
     return run.name.rsplit("_meg", 1)[0]
 
 
-def _float(value: str, where: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: {value!r} is not a number") from None
-    if not np.isfinite(out):
-        raise DataError(f"{where}: {value!r} is not a finite number")
-    return out
-
-
 def read_events(run: Path) -> list[dict]:
     """Every row of ``run``'s events.tsv (catch trials included, in order), the onsets checked as numbers."""
     tsv = run.with_name(run_stem(run) + "_events.tsv")
     if not tsv.is_file():
         raise DataError(f"{tsv} is missing: every recording needs its events.tsv")
-    try:
-        with open(tsv, newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{tsv}: not a tab-separated text file ({error_summary(e)})") from None
-    need = {"onset", "trial_type"}
-    if not rows or not need <= set(rows[0]):
-        raise DataError(f"{tsv}: columns {sorted(rows[0]) if rows else []}; expected at least {sorted(need)} "
-                        "(the release's onset, duration, trial_type, things_category_nr, value, sample)")
-    for i, r in enumerate(rows):
-        r["onset"] = _float(r["onset"], f"{tsv} row {i + 2}, column onset")
+    rows = read_events_tsv(tsv, columns_hint=" (the release's onset, duration, trial_type, things_category_nr, value, "
+                                             "sample)")
     if not any(r["trial_type"] in IMAGE_TRIALS for r in rows):
         raise DataError(f"{tsv}: no image onsets (no trial_type exp or test): a recording without the expected "
                         "stimulus events")
@@ -83,8 +64,8 @@ def read_sample_attributes(root: Path, subject: str) -> dict[tuple[int, int], li
         raise DataError(f"{path}: columns {sorted(rows[0]) if rows else []}; expected at least {sorted(need)}")
     out: dict[tuple[int, int], list[dict]] = {}
     for i, r in enumerate(rows):
-        key = (int(_float(r["session_nr"], f"{path} row {i + 2}, session_nr")),
-               int(_float(r["run_nr"], f"{path} row {i + 2}, run_nr")))
+        key = (int(finite_number(r["session_nr"], f"{path} row {i + 2}, session_nr")),
+               int(finite_number(r["run_nr"], f"{path} row {i + 2}, run_nr")))
         out.setdefault(key, []).append(r)
     return out
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mindvis.data.events_tsv import read_events_tsv
 from mindvis.data.fmri import DataError, error_summary
 from mindvis.data.meeg_signal import preprocess_window, robust_scale, window_bounds
 from mindvis.utils.cli import PlainHelpFormatter
@@ -182,27 +183,6 @@ def read_recording(path: str | Path):
         raise DataError(f"--input {path}: not a recording MNE-Python reads ({error_summary(e)})") from None
 
 
-def read_events_tsv(path: str | Path) -> list[dict]:
-    """Every row of an events.tsv (onsets checked as numbers)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"--events {path} does not exist")
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"--events {path}: not a tab-separated text file ({error_summary(e)})") from None
-    if not rows or not {"onset", "trial_type"} <= set(rows[0]):
-        raise DataError(f"--events {path}: columns {sorted(rows[0]) if rows else []}; expected at least onset and "
-                        "trial_type")
-    for i, r in enumerate(rows):
-        try:
-            r["onset"] = float(r["onset"])
-        except ValueError:
-            raise DataError(f"--events {path} row {i + 2}, column onset: {r['onset']!r} is not a number") from None
-    return rows
-
-
 def bids_entities(path: str | Path) -> dict:
     """sub / ses / run of a BIDS file name ({} where absent)."""
     return {k: m.group(1) for k in ("sub", "ses", "run") if (m := re.search(rf"{k}-([A-Za-z0-9]+)", Path(path).name))}
@@ -269,7 +249,7 @@ def _run(args) -> int:
 
     model, metas, ids, target, test_subjects = load_stream_model(args.model)
     raw = read_recording(args.input)
-    rows = read_events_tsv(args.events) if args.events else None
+    rows = read_events_tsv(args.events, f"--events {args.events}") if args.events else None
     layers = list(getattr(model, "subject_index", {}))  # a brain module's subject layers
     subject = choose_subject(args, layers or test_subjects)
     meta = next((m for m in metas if m["settings"].get("subject") == subject), metas[0])
