@@ -19,7 +19,7 @@ from mindvis.config import save_config
 from mindvis.finetune.data import build_stage_b_data
 from mindvis.training import start_run
 from mindvis.utils.io import atomic_write, atomic_write_json, atomic_write_text
-from mindvis.utils.plots import plot_loss_curves
+from mindvis.utils.plots import plot_history
 
 from .config import MINDEYE_DECODERS
 from .data import embed_images, gallery_images, split_test_trials, vectorised
@@ -101,12 +101,7 @@ def align(cfg: DictConfig, resume: str | Path | None = None, run_name: str | Non
             retrieval_grid(run_dir / "gallery_top5.png", dec["contrastive"], test.images, emb["gallery"], gallery,
                            ev.show)
         if history:
-            ev_rows = [h for h in history if "val_top1" in h]
-            plot_loss_curves(run_dir / "loss_curve.png", {"train loss": ([h["epoch"] for h in history],
-                                                                         [h["loss"] for h in history]),
-                                                          "validation loss": ([h["epoch"] for h in ev_rows],
-                                                                              [h["val_loss"] for h in ev_rows])},
-                             title=f"mindvis-align ({cfg.decoder.name})")
+            plot_history(run_dir / "loss_curve.png", history, f"mindvis-align ({cfg.decoder.name})")
         t1 = report.get("test", {}).get("top1_brain_to_image", {})
         print(f"\nalign done ({cfg.decoder.name} -> {cfg.target}): test top-1 brain->image "
               f"{_fmt(t1.get('value'))} (chance {_fmt(t1.get('chance'))}); {selection}\nrun folder: {run_dir}",

@@ -37,7 +37,7 @@ from mindvis.data.fmri import DataError
 from mindvis.data.pairs import TRIAL_MARK, PairedSplit
 from mindvis.finetune.data import StageBData
 from mindvis.training import start_run
-from mindvis.utils.plots import plot_loss_curves
+from mindvis.utils.plots import plot_history
 
 from .mindeye_data import (_embed, blurry_embedder, blurry_teacher, decode_items, load_subject, subject_trials,
                            test_groups, token_embedder, val_groups)
@@ -168,9 +168,7 @@ def align_mindeye(cfg: DictConfig, resume: str | Path | None = None, run_name: s
                    "parameters": counts, "seconds": round(time.time() - t0, 1), "history": history}
         _write_report(report, run_dir)
         if history:
-            plot_loss_curves(run_dir / "loss_curve.png", {"train loss": ([h["epoch"] for h in history],
-                                                                         [h["loss"] for h in history])},
-                             title=f"mindvis-align ({family})")
+            plot_history(run_dir / "loss_curve.png", history, f"mindvis-align ({family})", val_key=None)
         _print_done(report, run_dir)
     accelerator.wait_for_everyone()
     if tc.tracker != "none":

@@ -52,7 +52,7 @@ from mindvis.config import ConfigError, build_config, save_config, to_plain
 from mindvis.training import (STATE_NAME, EpochShuffleSampler, check_finite_loss, load_resume_checkpoint,
                               save_training_state, seed_epoch, start_run, write_checkpoint)
 from mindvis.utils.io import atomic_dir, atomic_write_json
-from mindvis.utils.plots import plot_loss_curves
+from mindvis.utils.plots import plot_history
 
 from .config import DistillConfig, validate_distill
 
@@ -165,7 +165,7 @@ def distill(cfg: DictConfig, resume: str | Path | None = None, run_name: str | N
                     (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
                 write_checkpoint(run_dir, epoch + 1, fill, tc.keep_checkpoints)
-                _plot(run_dir, history)
+                plot_history(run_dir / "loss_curve.png", history, "latent consistency distillation")
             accelerator.wait_for_everyone()
 
     summary = {}
@@ -185,21 +185,13 @@ def distill(cfg: DictConfig, resume: str | Path | None = None, run_name: str | N
                    "undistilled_validation": (json.loads((run_dir / "undistilled.json").read_text())
                                               if (run_dir / "undistilled.json").is_file() else None)}
         atomic_write_json(run_dir / "summary.json", summary)
-        _plot(run_dir, history)
+        plot_history(run_dir / "loss_curve.png", history, "latent consistency distillation")
         print(f"\ndistillation done: selected epoch {best['epoch']} ({tc.select_metric}); student: {run_dir / 'best'}\n"
               f"sample with: mindvis-sample --model {run_dir} --steps {tc.sample_steps} --out OUT", flush=True)
     accelerator.wait_for_everyone()
     if tc.tracker != "none":
         accelerator.end_training()
     return summary
-
-
-def _plot(run_dir: Path, history: list[dict]) -> None:
-    ev = [h for h in history if "val_loss" in h]
-    plot_loss_curves(run_dir / "loss_curve.png",
-                     {"train loss": ([h["epoch"] for h in history], [h["loss"] for h in history]),
-                      "validation loss": ([h["epoch"] for h in ev], [h["val_loss"] for h in ev])},
-                     title="latent consistency distillation")
 
 
 # ------------------------------------------------------------------------------------------------------- CLI

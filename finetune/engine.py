@@ -30,7 +30,7 @@ from mindvis.pipelines import MindVisPipeline
 from mindvis.training import (STATE_NAME, EpochShuffleSampler, check_finite_loss, load_resume_checkpoint,
                               save_training_state, seed_epoch, start_run, write_checkpoint)
 from mindvis.utils.io import atomic_dir, atomic_write_json
-from mindvis.utils.plots import plot_loss_curves, save_image_grid
+from mindvis.utils.plots import plot_history, save_image_grid
 
 from .config import validate
 from .data import build_stage_b_data, synthetic_world
@@ -231,7 +231,7 @@ def finetune(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
                     (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
                 write_checkpoint(run_dir, epoch + 1, fill, tc.keep_checkpoints)
-                _plot(run_dir, history)
+                plot_history(run_dir / "loss_curve.png", history, "DC-LDM fine-tuning")
             accelerator.wait_for_everyone()
 
     summary = {}
@@ -249,7 +249,7 @@ def finetune(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
                    "first_loss": history[0]["loss"] if history else None,
                    "last_loss": history[-1]["loss"] if history else None}
         atomic_write_json(run_dir / "summary.json", summary)
-        _plot(run_dir, history)
+        plot_history(run_dir / "loss_curve.png", history, "DC-LDM fine-tuning")
         print(f"\nstage B done: selected epoch {best['epoch']} by {tc.select_metric}; test loss {test['loss']:.4f}\n"
               f"run folder: {run_dir}", flush=True)
     accelerator.wait_for_everyone()
@@ -258,9 +258,3 @@ def finetune(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
     return summary
 
 
-def _plot(run_dir: Path, history: list[dict]) -> None:
-    ev = [h for h in history if "val_loss" in h]
-    plot_loss_curves(run_dir / "loss_curve.png",
-                     {"train loss": ([h["epoch"] for h in history], [h["loss"] for h in history]),
-                      "validation loss": ([h["epoch"] for h in ev], [h["val_loss"] for h in ev])},
-                     title="DC-LDM fine-tuning")

@@ -23,7 +23,7 @@ from mindvis.training import (CHECKPOINTS, STATE_NAME, EpochShuffleSampler, NonF
                               decay_groups, latest_checkpoint, load_resume_checkpoint, lr_at, save_training_state,
                               seed_epoch, start_run, write_checkpoint)
 from mindvis.utils.io import atomic_write_json, atomic_write_text
-from mindvis.utils.plots import plot_fmri_reconstructions, plot_loss_curves
+from mindvis.utils.plots import plot_fmri_reconstructions, plot_history
 
 from .config import validate
 from .data import build_stage_a_data
@@ -153,21 +153,14 @@ def pretrain(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
         atomic_write_text(run_dir / "summary.md", f"# SC-MBM held-out masked-patch reconstruction\n\n"
                           f"{ev['n_samples']} held-out samples, mask ratio {ev['mask_ratio']}, "
                           f"{data.num_voxels} voxels.\n\n{table}\n")
-        _plot_history(run_dir, history)
+        plot_history(run_dir / "loss_curve.png", history, "SC-MBM training", "holdout_mse",
+                     "train loss (masked patches)", "held-out masked-patch MSE")
         print(f"\nHeld-out masked-patch reconstruction ({ev['n_samples']} samples):\n{table}\n"
               f"run folder: {run_dir}", flush=True)
     accelerator.wait_for_everyone()
     if tc.tracker != "none":
         accelerator.end_training()
     return summary
-
-
-def _plot_history(run_dir: Path, history: list[dict]) -> None:
-    ev = [h for h in history if "holdout_mse" in h]
-    plot_loss_curves(run_dir / "loss_curve.png",
-                     {"train loss (masked patches)": ([h["epoch"] for h in history], [h["loss"] for h in history]),
-                      "held-out masked-patch MSE": ([h["epoch"] for h in ev], [h["holdout_mse"] for h in ev])},
-                     title="SC-MBM training")
 
 
 @torch.no_grad()
@@ -194,6 +187,7 @@ def _save_checkpoint(accelerator, run_dir: Path, model: MaskedBrainModel, optimi
         path = write_checkpoint(run_dir, epoch, fill, cfg.train.keep_checkpoints)
         _plot_reconstructions(run_dir / "reconstructions" / f"{path.name}.png", model, data, cfg.train.plot_samples,
                               cfg.model.mask_ratio, cfg.train.seed)
-        _plot_history(run_dir, history)
+        plot_history(run_dir / "loss_curve.png", history, "SC-MBM training", "holdout_mse",
+                     "train loss (masked patches)", "held-out masked-patch MSE")
         log.info("checkpoint %s", path)
     accelerator.wait_for_everyone()

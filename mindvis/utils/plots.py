@@ -33,6 +33,17 @@ def plot_loss_curves(path: str | os.PathLike, curves: dict[str, tuple[Sequence[f
     _save(fig, path)
 
 
+def plot_history(path: str | os.PathLike, history: list[dict], title: str, val_key: str | None = "val_loss",
+                 train_label: str = "train loss", val_label: str = "validation loss") -> None:
+    """The loss curves of a training history (one dict per epoch, with ``epoch`` and ``loss``): the training loss
+    of every epoch and ``val_key`` where an epoch has it (None: the training loss alone)."""
+    curves = {train_label: ([h["epoch"] for h in history], [h["loss"] for h in history])}
+    if val_key is not None:
+        ev = [h for h in history if val_key in h]
+        curves[val_label] = ([h["epoch"] for h in ev], [h[val_key] for h in ev])
+    plot_loss_curves(path, curves, title=title)
+
+
 def plot_fmri_reconstructions(path: str | os.PathLike, truth: np.ndarray, pred: np.ndarray, mask: np.ndarray,
                               patch_size: int, title: str = "") -> None:
     """One row per sample: ground truth, the visible patches, the reconstruction (masked patches
