@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from mindvis.config import ConfigError, build_config, save_config, to_plain
 from mindvis.training import (STATE_NAME, EpochShuffleSampler, check_finite_loss, load_resume_checkpoint,
-                              save_training_state, seed_epoch, start_run, write_checkpoint)
+                              record_epoch, save_training_state, seed_epoch, start_run, write_checkpoint)
 from mindvis.utils.io import atomic_dir, atomic_write_json
 from mindvis.utils.plots import plot_history
 
@@ -149,11 +149,7 @@ def distill(cfg: DictConfig, resume: str | Path | None = None, run_name: str | N
                     best = {"metric": float(metric), "epoch": epoch + 1}
                     atomic_dir(run_dir / "best", lambda tmp: save_model(tmp, target))
                     log.info("new best %s %.4f at epoch %d", tc.select_metric, abs(metric), epoch + 1)
-        history.append(entry)
-        log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4f}" for k, v in entry.items()
-                                                        if k not in ("epoch", "time_s")))
-        if tc.tracker != "none":
-            accelerator.log({k: v for k, v in entry.items() if k != "epoch"}, step=epoch + 1)
+        record_epoch(history, entry, log, accelerator, tc.tracker)
         if (epoch + 1) % tc.checkpoint_every == 0 or last:
             accelerator.wait_for_everyone()
             if main:

@@ -28,7 +28,7 @@ from mindvis.models.priors import load_prior
 from mindvis.models.sc_mbm import FMRIEncoder, MBMConfig, mbm_config
 from mindvis.pipelines import MindVisPipeline
 from mindvis.training import (STATE_NAME, EpochShuffleSampler, check_finite_loss, load_resume_checkpoint,
-                              save_training_state, seed_epoch, start_run, write_checkpoint)
+                              record_epoch, save_training_state, seed_epoch, start_run, write_checkpoint)
 from mindvis.utils.io import atomic_dir, atomic_write_json
 from mindvis.utils.plots import plot_history, save_image_grid
 
@@ -217,11 +217,7 @@ def finetune(cfg: DictConfig, resume: str | Path | None = None, run_name: str | 
                 best = {"metric": float(metric), "epoch": epoch + 1}
                 atomic_dir(run_dir / "best", lambda tmp: raw.save_pretrained(tmp))
                 log.info("new best %s %.4f at epoch %d", tc.select_metric, abs(metric), epoch + 1)
-        history.append(entry)
-        log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4f}" for k, v in entry.items()
-                                                        if k not in ("epoch", "time_s")))
-        if tc.tracker != "none":
-            accelerator.log({k: v for k, v in entry.items() if k != "epoch"}, step=epoch + 1)
+        record_epoch(history, entry, log, accelerator, tc.tracker)
         if (epoch + 1) % tc.checkpoint_every == 0 or last:
             accelerator.wait_for_everyone()
             if main:

@@ -73,6 +73,15 @@ def check_finite_loss(loss: torch.Tensor, epoch: int, step: int, lr: float) -> N
             "for NaN/Inf when loaded, so lower train.lr or use train.mixed_precision=no")
 
 
+def record_epoch(history: list[dict], entry: dict, log: logging.Logger, accelerator, tracker: str) -> None:
+    """Append an epoch's entry to the history, log it in one line and send it to the tracker (if any)."""
+    history.append(entry)
+    log.info("epoch %d: %s", entry["epoch"], ", ".join(f"{k} {v:.4f}" for k, v in entry.items()
+                                                      if k not in ("epoch", "time_s")))
+    if tracker != "none":
+        accelerator.log({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path:
     ckpts = Path(run_dir) / CHECKPOINTS
     pointer = ckpts / LATEST
