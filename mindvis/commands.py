@@ -158,7 +158,8 @@ def convert_main(argv=None) -> int:
         from .utils.io import atomic_dir
 
         if getattr(args, "dst", None) is not None:
-            (check_output_file if args.cmd in ("to-original", "from-bigg-to-l") else check_output_folder)(args.dst, args.overwrite)
+            one_file = args.cmd in ("to-original", "from-bigg-to-l")
+            (check_output_file if one_file else check_output_folder)(args.dst, args.overwrite)
         if args.cmd == "from-bigg-to-l":  # one file, written atomically
             mindeye2_generators[args.cmd](args, args.dst)
         elif args.cmd in mindeye2_generators:
